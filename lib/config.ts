@@ -1,0 +1,331 @@
+/** The configuration: its zod schema, defaults, file loading, command-line overrides and error reporting. */
+import { z } from "zod";
+import { parse as parseYaml } from "yaml";
+import { formatDuration, parseDuration } from "./duration.ts";
+
+/** Selection strategies accepted by `strategy:`. */
+export const STRATEGIES = [
+  "round-robin",
+  "weighted-round-robin",
+  "least-connections",
+  "random",
+  "power-of-two",
+  "latency",
+  "consistent-hash",
+] as const;
+
+const duration = z
+  .union([z.number(), z.string()])
+  .transform((value, ctx) => {
+    const ms = parseDuration(value);
+    if (ms === undefined) {
+      ctx.addIssue({
+        code: "custom",
+        message: `must be a duration such as 250ms, 2s or 1m (got ${JSON.stringify(value)})`,
+      });
+      return z.NEVER;
+    }
+    return ms;
+  })
+  .meta({ description: "A duration: 250ms, 2s, 1m, 1h; a bare number is milliseconds." });
+
+const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, kb: 1024, mb: 1024 ** 2, gb: 1024 ** 3 };
+const size = z
+  .union([z.number().int().nonnegative(), z.string()])
+  .transform((value, ctx) => {
+    if (typeof value === "number") return value;
+    const match = /^(\d+)\s*(b|kb|mb|gb)?$/i.exec(value.trim());
+    if (!match) {
+      ctx.addIssue({ code: "custom", message: `must be a size such as 65536, 64KB or 1MB` });
+      return z.NEVER;
+    }
+    return Number(match[1]) * SIZE_UNITS[(match[2] ?? "").toLowerCase()];
+  })
+  .meta({ description: "A size in bytes: 65536, 64KB, 1MB." });
+
+const port = z.number().int().min(0).max(65535);
+const host = z.string().min(1);
+
+const httpUrl = z.string().refine((value) => {
+  try {
+    const url = new URL(value);
+    return (url.protocol === "http:" || url.protocol === "https:") && url.hostname !== "";
+  } catch {
+    return false;
+  }
+}, "must be an http:// or https:// URL").refine((value) => {
+  try {
+    const url = new URL(value);
+    return (url.pathname === "/" || url.pathname === "") && !url.search && !url.hash &&
+      !url.username;
+  } catch {
+    return true;
+  }
+}, "must be scheme://host:port with no path, query or credentials");
+
+const statusRanges = z.string().regex(
+  /^\s*[1-5]\d\d(\s*-\s*[1-5]\d\d)?(\s*,\s*[1-5]\d\d(\s*-\s*[1-5]\d\d)?)*\s*$/,
+  'must be status codes or ranges such as "200-399" or "200,204"',
+);
+
+const backend = z.strictObject({
+  url: httpUrl.meta({ description: "http://host:port or https://host:port" }),
+  name: z.string().regex(/^[A-Za-z0-9._:-]+$/, "must use only letters, digits and . _ : -")
+    .optional().meta({ description: "Stable id shown by the admin API; defaults to host:port." }),
+  weight: z.number().int().min(0).max(1000).default(1),
+  maxConnections: z.number().int().positive().optional()
+    .meta({ description: "Concurrent requests this backend accepts; overrides limits." }),
+});
+
+const HASH_KEY = /^(ip|path|(header|cookie|query):[^\s:]+)$/;
+
+/** The zod schema of the configuration file (camelCase keys, unknown keys rejected). */
+export const configSchema = z.strictObject({
+  $schema: z.string().optional(),
+  listen: z.strictObject({
+    host: host.default("0.0.0.0"),
+    port: port.default(8080),
+  }).prefault({}),
+  strategy: z.enum(STRATEGIES).default("round-robin"),
+  hashKey: z.string().regex(HASH_KEY, "must be ip, path, header:NAME, cookie:NAME or query:NAME")
+    .default("ip"),
+  sticky: z.strictObject({
+    cookie: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "must be a cookie name"),
+    ttl: duration.optional().meta({ description: "Cookie lifetime; a session cookie if unset." }),
+  }).optional(),
+  backends: z.array(backend).min(1, "at least one backend is required"),
+  health: z.strictObject({
+    path: z.string().startsWith("/", "must start with /").default("/"),
+    interval: duration.default(10_000),
+    timeout: duration.default(2_000),
+    healthyThreshold: z.number().int().min(1).default(2),
+    unhealthyThreshold: z.number().int().min(1).default(3),
+    expectStatus: statusRanges.default("200-399"),
+  }).prefault({}),
+  timeouts: z.strictObject({
+    connect: duration.default(3_000),
+    response: duration.default(30_000),
+    idle: duration.default(60_000),
+    drain: duration.default(30_000),
+  }).prefault({}),
+  retries: z.number().int().min(0).max(10).default(2),
+  retryOn: z.array(z.union([z.literal(502), z.literal(503), z.literal(504)])).default([]),
+  retryBudget: z.strictObject({
+    percent: z.number().min(0).max(100).default(20),
+    minPerSecond: z.number().min(0).default(3),
+  }).prefault({}),
+  retryBuffer: size.default(65_536),
+  outlier: z.strictObject({
+    consecutiveFailures: z.number().int().min(0).default(5),
+    baseEjection: duration.default(30_000),
+    maxEjectionPercent: z.number().min(0).max(100).default(50),
+  }).prefault({}),
+  limits: z.strictObject({
+    maxConnections: z.number().int().positive().optional(),
+    maxPending: z.number().int().min(0).default(100),
+    queueTimeout: duration.default(1_000),
+  }).prefault({}),
+  slowStart: duration.default(0),
+  admin: z.strictObject({
+    host: host.default("127.0.0.1"),
+    port: port.default(9090),
+    token: z.string().min(16, "must be at least 16 characters").optional(),
+  }).optional(),
+  accessLog: z.strictObject({
+    format: z.enum(["json", "combined"]).default("json"),
+    path: z.string().min(1).optional().meta({ description: "File to append to; stdout if unset." }),
+  }).optional(),
+  log: z.strictObject({
+    level: z.enum(["debug", "info", "warn", "error"]).default("info"),
+    format: z.enum(["text", "json"]).default("text"),
+  }).prefault({}),
+}).superRefine((config, ctx) => {
+  const seen = new Map<string, number>();
+  config.backends.forEach((b, i) => {
+    const id = backendId(b);
+    if (seen.has(id)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["backends", i, b.name ? "name" : "url"],
+        message: `duplicates backends[${seen.get(id)}] (id ${id})`,
+      });
+    } else seen.set(id, i);
+  });
+  if (config.health.timeout > config.health.interval) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["health", "timeout"],
+      message: "must not be longer than health.interval",
+    });
+  }
+  if (config.admin && !config.admin.token && !isLoopback(config.admin.host)) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["admin", "token"],
+      message: `is required when the admin listener is bound to a non-loopback address`,
+    });
+  }
+});
+
+/** The validated configuration, with defaults filled in and durations in milliseconds. */
+export type Config = z.output<typeof configSchema>;
+/** One validated backend entry. */
+export type BackendConfig = Config["backends"][number];
+
+/** A backend's stable id: its name, or host:port. */
+export function backendId(b: { url: string; name?: string }): string {
+  if (b.name) return b.name;
+  const url = new URL(b.url);
+  return `${url.hostname.includes(":") ? `[${url.hostname}]` : url.hostname}:${
+    url.port || (url.protocol === "https:" ? 443 : 80)
+  }`.replace("[[", "[").replace("]]", "]");
+}
+
+/** Whether a host name or address only listens on the loopback interface. */
+export function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, "");
+  return h === "localhost" || h === "::1" || /^127\.\d+\.\d+\.\d+$/.test(h);
+}
+
+/** Thrown with every problem found, one line each, when a configuration is invalid. */
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(problems.join("\n"));
+    this.name = "ConfigError";
+  }
+}
+
+/** Validates raw (already parsed) input and returns the effective config, or throws {@linkcode ConfigError}. */
+export function validateConfig(input: unknown): Config {
+  const result = configSchema.safeParse(input);
+  if (result.success) return result.data;
+  throw new ConfigError(result.error.issues.map(formatIssue));
+}
+
+function formatIssue(issue: z.core.$ZodIssue): string {
+  let path = "";
+  for (const key of issue.path) {
+    path += typeof key === "number" ? `[${key}]` : path ? `.${String(key)}` : String(key);
+  }
+  let message = issue.message;
+  if (issue.code === "unrecognized_keys") {
+    const keys = issue.keys;
+    return keys.map((k) => `${path ? path + "." : ""}${k}: unknown key`).join("\n");
+  }
+  if (issue.code === "invalid_type") {
+    message = message.includes("received undefined")
+      ? "is required"
+      : `must be ${article(issue.expected)}`;
+  } else if (issue.code === "invalid_value" && "values" in issue) {
+    message = `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}`;
+  }
+  return `${path || "(config)"}: ${message}`;
+}
+
+function article(type: string): string {
+  return /^[aeiou]/.test(type) ? `an ${type}` : `a ${type}`;
+}
+
+/** Reads a YAML or JSON config file into raw input; throws ConfigError on unreadable or malformed files. */
+export async function readConfigFile(path: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (err) {
+    throw new ConfigError([`${path}: cannot read: ${(err as Error).message}`]);
+  }
+  return parseConfigText(text, path);
+}
+
+/** Parses YAML or JSON text (JSON for `.json` files) into raw input. */
+export function parseConfigText(text: string, path = "config"): Record<string, unknown> {
+  let data: unknown;
+  try {
+    data = path.endsWith(".json") ? JSON.parse(text) : parseYaml(text);
+  } catch (err) {
+    throw new ConfigError([`${path}: ${(err as Error).message.split("\n")[0]}`]);
+  }
+  if (data === null || data === undefined) return {};
+  if (typeof data !== "object" || Array.isArray(data)) {
+    throw new ConfigError([`${path}: must be a mapping of settings`]);
+  }
+  return data as Record<string, unknown>;
+}
+
+/** Command-line settings that override the file. */
+export interface Overrides {
+  host?: string;
+  port?: string;
+  backends?: string[];
+  strategy?: string;
+  healthPath?: string;
+  healthInterval?: string;
+  healthTimeout?: string;
+  logLevel?: string;
+  logFormat?: string;
+}
+
+/** Applies command-line overrides to raw config input (flags win over the file). */
+export function applyOverrides(
+  raw: Record<string, unknown>,
+  o: Overrides,
+): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...raw };
+  const section = (key: string) => {
+    const value = out[key];
+    const copy = value && typeof value === "object" && !Array.isArray(value) ? { ...value } : {};
+    out[key] = copy;
+    return copy as Record<string, unknown>;
+  };
+  if (o.host !== undefined) section("listen").host = o.host;
+  if (o.port !== undefined) section("listen").port = /^\d+$/.test(o.port) ? Number(o.port) : o.port;
+  if (o.backends?.length) out.backends = o.backends.map((url) => ({ url }));
+  if (o.strategy !== undefined) out.strategy = o.strategy;
+  if (o.healthPath !== undefined) section("health").path = o.healthPath;
+  if (o.healthInterval !== undefined) section("health").interval = o.healthInterval;
+  if (o.healthTimeout !== undefined) section("health").timeout = o.healthTimeout;
+  if (o.logLevel !== undefined) section("log").level = o.logLevel;
+  if (o.logFormat !== undefined) section("log").format = o.logFormat;
+  return out;
+}
+
+/** Loads the effective config: defaults, then the file (if any), then overrides. */
+export async function loadConfig(path: string | undefined, overrides: Overrides): Promise<Config> {
+  const raw = path ? await readConfigFile(path) : {};
+  return validateConfig(applyOverrides(raw, overrides));
+}
+
+/** Renders an effective config back to readable JSON, durations as strings. */
+export function formatConfig(config: Config): string {
+  const durations = new Set([
+    "interval",
+    "timeout",
+    "connect",
+    "response",
+    "idle",
+    "drain",
+    "ttl",
+    "baseEjection",
+    "queueTimeout",
+    "slowStart",
+  ]);
+  return JSON.stringify(
+    config,
+    (key, value) => durations.has(key) && typeof value === "number" ? formatDuration(value) : value,
+    2,
+  );
+}
+
+/** The JSON Schema of the config file, for editors. */
+export function configJsonSchema(): unknown {
+  return z.toJSONSchema(configSchema, { io: "input", unrepresentable: "any" });
+}
+
+/** Parses `expectStatus` ("200-399", "200,204") into a predicate. */
+export function statusMatcher(spec: string): (status: number) => boolean {
+  const ranges = spec.split(",").map((part) => {
+    const [lo, hi] = part.split("-").map((s) => Number(s.trim()));
+    return [lo, hi ?? lo] as const;
+  });
+  return (status) => ranges.some(([lo, hi]) => status >= lo && status <= hi);
+}

@@ -1,0 +1,124 @@
+/** Levelled logging as text or JSON lines, the project's stand-in for @std/log (JSR is not reachable). */
+
+/** Log levels, from most to least verbose. */
+export const LEVELS = ["debug", "info", "warn", "error"] as const;
+/** One of {@linkcode LEVELS}. */
+export type Level = typeof LEVELS[number];
+/** Output formats. */
+export type LogFormat = "text" | "json";
+
+/** A logger writing one line per record to a sink (stderr by default). */
+export class Logger {
+  #min: number;
+  #format: LogFormat;
+  #write: (line: string) => void;
+
+  constructor(
+    level: Level = "info",
+    format: LogFormat = "text",
+    write: (line: string) => void = writeStderr,
+  ) {
+    this.#min = LEVELS.indexOf(level);
+    this.#format = format;
+    this.#write = write;
+  }
+
+  /** Changes level and format in place (used on config reload). */
+  configure(level: Level, format: LogFormat): void {
+    this.#min = LEVELS.indexOf(level);
+    this.#format = format;
+  }
+
+  /** Whether records at `level` are written. */
+  enabled(level: Level): boolean {
+    return LEVELS.indexOf(level) >= this.#min;
+  }
+
+  /** Debug details, off by default. */
+  debug(msg: string, fields?: Record<string, unknown>): void {
+    this.#log("debug", msg, fields);
+  }
+  /** Normal operational events. */
+  info(msg: string, fields?: Record<string, unknown>): void {
+    this.#log("info", msg, fields);
+  }
+  /** Something went wrong but was handled. */
+  warn(msg: string, fields?: Record<string, unknown>): void {
+    this.#log("warn", msg, fields);
+  }
+  /** Something failed. */
+  error(msg: string, fields?: Record<string, unknown>): void {
+    this.#log("error", msg, fields);
+  }
+
+  #log(level: Level, msg: string, fields?: Record<string, unknown>): void {
+    if (LEVELS.indexOf(level) < this.#min) return;
+    const time = new Date().toISOString();
+    if (this.#format === "json") {
+      this.#write(JSON.stringify({ time, level, msg, ...fields }));
+      return;
+    }
+    let line = `${time} ${level.toUpperCase().padEnd(5)} ${msg}`;
+    if (fields) {
+      for (const [key, value] of Object.entries(fields)) line += ` ${key}=${formatValue(value)}`;
+    }
+    this.#write(line);
+  }
+}
+
+function formatValue(value: unknown): string {
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  return /[\s"=]/.test(text) ? JSON.stringify(text) : text;
+}
+
+const encoder = new TextEncoder();
+function writeStderr(line: string): void {
+  Deno.stderr.writeSync(encoder.encode(line + "\n"));
+}
+
+/** Writes whole lines to a file or stdout without blocking the caller (used by the access log). */
+export class LineWriter {
+  #file: Deno.FsFile | undefined;
+  #queue: string[] = [];
+  #flushing: Promise<void> | undefined;
+
+  constructor(path?: string) {
+    if (path) this.#file = Deno.openSync(path, { append: true, create: true, write: true });
+  }
+
+  /** Queues a line; lines are written in order in batches. */
+  write(line: string): void {
+    this.#queue.push(line);
+    this.#flushing ??= this.#flush();
+  }
+
+  /** Resolves once everything queued so far is written. */
+  async flush(): Promise<void> {
+    while (this.#flushing) await this.#flushing;
+  }
+
+  /** Flushes and closes the file. */
+  async close(): Promise<void> {
+    await this.flush();
+    this.#file?.close();
+    this.#file = undefined;
+  }
+
+  async #flush(): Promise<void> {
+    // Let a burst of requests queue up so one write carries many lines.
+    await Promise.resolve();
+    while (this.#queue.length) {
+      const text = this.#queue.join("\n") + "\n";
+      this.#queue = [];
+      const bytes = encoder.encode(text);
+      const out = this.#file ?? Deno.stdout;
+      let written = 0;
+      try {
+        while (written < bytes.length) written += await out.write(bytes.subarray(written));
+      } catch {
+        // A closed stdout or full disk must not take the balancer down.
+      }
+    }
+    this.#flushing = undefined;
+  }
+}

@@ -1,0 +1,248 @@
+/** The request path: choose candidates, forward over the upstream client, retry, and account for the result. */
+import { forwardHead, requestTarget } from "./forwarding.ts";
+import type { Logger } from "./log.ts";
+import type { OutlierDetector } from "./outlier.ts";
+import type { Backend, Pool } from "./pool.ts";
+import type { SlotQueue } from "./queue.ts";
+import type { RetryBudget } from "./retry_budget.ts";
+import type { SelectContext, Selector } from "./select/mod.ts";
+import { stickyCookie, type StickyOptions } from "./select/sticky.ts";
+import { exchange } from "./upstream/client.ts";
+import { latin1Bytes, UpstreamError } from "./upstream/http1.ts";
+import { RequestBody } from "./upstream/request_body.ts";
+
+/** Methods that may be sent again after the first attempt reached the backend (RFC 9110 §9.2.2). */
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]);
+const CRLF = "\r\n";
+
+/** Settings the proxy reads per request; a reload swaps the whole object. */
+export interface ProxySettings {
+  selector: Selector;
+  retries: number;
+  retryOn: ReadonlySet<number>;
+  retryBuffer: number;
+  responseTimeout: number;
+  sticky: StickyOptions | undefined;
+}
+
+/** Everything known about one client request once it is over. */
+export interface RequestRecord {
+  /** Start time, ms since epoch. */
+  time: number;
+  ip: string;
+  method: string;
+  target: string;
+  /** Status sent to the client. */
+  status: number;
+  /** Body bytes sent to the client. */
+  bytes: number;
+  /** Whole request, ms. */
+  durationMs: number;
+  /** Until the chosen backend's response head, ms (0 without a backend). */
+  upstreamMs: number;
+  backend: Backend | undefined;
+  retries: number;
+  requestId: string;
+  /** Set when the response failed or was cut short. */
+  error: string | undefined;
+  request: Request;
+}
+
+/** Listeners told about each finished request and each upstream failure. */
+export interface ProxyObserver {
+  request(record: RequestRecord): void;
+  upstreamError(backend: Backend, error: UpstreamError): void;
+  retry(backend: Backend): void;
+}
+
+/** Parts the proxy works with. */
+export interface ProxyParts {
+  pool: Pool;
+  outlier: OutlierDetector;
+  budget: RetryBudget;
+  queue: SlotQueue;
+  log: Logger;
+  observers: ProxyObserver[];
+}
+
+interface AttemptState {
+  returned: boolean;
+  finished: boolean;
+  bytes: number;
+  error: string | undefined;
+}
+
+interface Held {
+  response: Response;
+  backend: Backend;
+  upstreamMs: number;
+  state: AttemptState;
+}
+
+/** Handles client requests for `Deno.serve`. */
+export class Proxy {
+  constructor(public settings: ProxySettings, readonly parts: ProxyParts) {}
+
+  /** The `Deno.serve` handler. */
+  handle = async (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Promise<Response> => {
+    const time = Date.now();
+    const started = performance.now();
+    const settings = this.settings;
+    const { budget, queue, outlier, log } = this.parts;
+    const target = requestTarget(req.url);
+    const ip = info.remoteAddr.hostname;
+    const clientId = req.headers.get("x-request-id");
+    const requestId = clientId ?? crypto.randomUUID();
+    const forward = forwardHead(req, target, ip, "http", clientId === null ? requestId : undefined);
+    const head = forward.hasHost ? latin1Bytes(forward.text + CRLF) : undefined;
+    const body = req.body ? new RequestBody(req.body, settings.retryBuffer) : null;
+    const method = req.method;
+    const ctx: SelectContext = { request: req, ip, target };
+    const record: RequestRecord = {
+      time,
+      ip,
+      method,
+      target,
+      status: 0,
+      bytes: 0,
+      durationMs: 0,
+      upstreamMs: 0,
+      backend: undefined,
+      retries: 0,
+      requestId,
+      error: undefined,
+      request: req,
+    };
+    budget.request();
+
+    let attempts = 0;
+    let lastError: UpstreamError | undefined;
+    let held: Held | undefined; // a retryable 5xx kept in case no retry is possible
+    let sawFull = false;
+    let candidates = settings.selector.candidates(ctx)[Symbol.iterator]();
+    for (;;) {
+      const next = candidates.next();
+      if (next.done) {
+        if (attempts === 0 && sawFull && (await queue.wait())) {
+          sawFull = false;
+          candidates = settings.selector.candidates(ctx)[Symbol.iterator]();
+          continue;
+        }
+        break;
+      }
+      const backend = next.value;
+      if (backend.full) {
+        sawFull = true;
+        continue;
+      }
+      if (attempts > 0) {
+        if (attempts > settings.retries || !budget.tryRetry()) break;
+        record.retries++;
+        for (const o of this.parts.observers) o.retry(backend);
+        held?.response.body?.cancel().catch(() => {});
+        held = undefined;
+      }
+      attempts++;
+      backend.acquire();
+      const attemptStart = performance.now();
+      const state: AttemptState = { returned: false, finished: false, bytes: 0, error: undefined };
+      // Settles the request once the response body is through (or failed).
+      const finish = (bytes: number, error?: string) => {
+        backend.release();
+        queue.notify();
+        state.finished = true;
+        state.bytes = bytes;
+        state.error = error;
+        if (state.returned) this.#settle(record, state, started);
+      };
+      try {
+        const { response, head: responseHead } = await exchange(backend.connections, {
+          method,
+          head: head ?? latin1Bytes(`${forward.text}host: ${backend.authority}${CRLF}${CRLF}`),
+          body,
+          chunked: forward.chunked,
+          responseTimeout: settings.responseTimeout,
+        }, finish);
+        const upstreamMs = performance.now() - attemptStart;
+        backend.observeLatency(upstreamMs);
+        const status = responseHead.status;
+        if (status >= 500) outlier.failure(backend, `status ${status}`);
+        else outlier.success(backend);
+        held = { response, backend, upstreamMs, state };
+        lastError = undefined;
+        if (
+          !settings.retryOn.has(status) || !IDEMPOTENT.has(method) ||
+          (body !== null && !body.rewind())
+        ) break;
+      } catch (err) {
+        backend.release();
+        queue.notify();
+        if (!(err instanceof UpstreamError)) throw err;
+        lastError = err;
+        record.backend = backend;
+        for (const o of this.parts.observers) o.upstreamError(backend, err);
+        if (err.kind !== "protocol") outlier.failure(backend, err.message);
+        log.warn(`upstream ${backend.url} failed: ${err.message}`, { kind: err.kind, requestId });
+        const retryable = !err.sent ||
+          (IDEMPOTENT.has(method) && err.kind !== "protocol" &&
+            (body === null || body.rewind()));
+        if (!retryable) break;
+      }
+    }
+    if (held) {
+      const { response, backend, state } = held;
+      record.status = response.status;
+      record.backend = backend;
+      record.upstreamMs = held.upstreamMs;
+      response.headers.set("x-request-id", requestId);
+      if (settings.sticky && !hasStickyCookie(req, settings.sticky.cookie, backend.cookie)) {
+        response.headers.append("set-cookie", stickyCookie(settings.sticky, backend.cookie));
+      }
+      state.returned = true;
+      if (state.finished) this.#settle(record, state, started);
+      return response;
+    }
+    body?.cancel();
+    let response: Response;
+    if (lastError) {
+      const timeout = lastError.kind === "timeout";
+      response = textResponse(timeout ? 504 : 502, timeout ? "Gateway Timeout" : "Bad Gateway");
+    } else if (sawFull) {
+      response = textResponse(503, "Service not available", { "retry-after": "1" });
+    } else {
+      response = textResponse(503, "Service not available");
+    }
+    response.headers.set("x-request-id", requestId);
+    record.status = response.status;
+    this.#complete(record, started);
+    return response;
+  };
+
+  #settle(record: RequestRecord, state: AttemptState, started: number): void {
+    record.bytes = state.bytes;
+    record.error = state.error;
+    if (state.error) {
+      this.parts.log.warn(`response from ${record.backend} cut short: ${state.error}`, {
+        requestId: record.requestId,
+      });
+    }
+    this.#complete(record, started);
+  }
+
+  #complete(record: RequestRecord, started: number): void {
+    record.durationMs = performance.now() - started;
+    for (const o of this.parts.observers) o.request(record);
+  }
+}
+
+function hasStickyCookie(req: Request, name: string, value: string): boolean {
+  const cookie = req.headers.get("cookie");
+  return cookie !== null && cookie.includes(`${name}=${value}`);
+}
+
+/** A small plain-text response generated by the balancer itself. */
+export function textResponse(status: number, text: string, headers?: HeadersInit): Response {
+  const response = new Response(text, { status, headers });
+  response.headers.set("content-type", "text/plain; charset=utf-8");
+  return response;
+}

@@ -1,0 +1,56 @@
+/** The selection interface: a strategy turns a request into backends in order of preference. */
+import type { Backend, Pool } from "../pool.ts";
+
+/** What a strategy may look at to choose. */
+export interface SelectContext {
+  /** The client's request. */
+  readonly request: Request;
+  /** The client's address. */
+  readonly ip: string;
+  /** The request target as sent: path and query. */
+  readonly target: string;
+}
+
+/**
+ * A selection strategy. `candidates` yields available backends, best first; a retry
+ * simply takes the next one, so every strategy gets failover for free.
+ */
+export interface Selector {
+  candidates(ctx: SelectContext): Iterable<Backend>;
+}
+
+/** Builds a strategy over a pool. */
+export type SelectorFactory = (pool: Pool) => Selector;
+
+/** The backends that may take new requests (state `up`, weight above 0), recomputed only when the pool changes. */
+export class Available {
+  #version = -1;
+  #list: Backend[] = [];
+  constructor(readonly pool: Pool) {}
+
+  /** The current list; do not mutate. */
+  get list(): Backend[] {
+    if (this.#version !== this.pool.version) {
+      this.#version = this.pool.version;
+      this.#list = this.pool.backends.filter((b) => b.available && b.weight > 0);
+    }
+    return this.#list;
+  }
+}
+
+/** Yields `list` starting at `first`, wrapping around, each backend once. */
+export function* rotation(list: readonly Backend[], first: number): Generator<Backend> {
+  const n = list.length;
+  for (let i = 0; i < n; i++) yield list[(first + i) % n];
+}
+
+/** Yields `first`, then the rest of `list` in the given order, skipping `first`. */
+export function* firstThen(first: Backend, list: Iterable<Backend>): Generator<Backend> {
+  yield first;
+  for (const b of list) if (b !== first) yield b;
+}
+
+/** Load relative to weight: in-flight requests per unit of effective weight. */
+export function load(pool: Pool, b: Backend, now: number): number {
+  return (b.inflight + 1) / pool.effectiveWeight(b, now);
+}

@@ -1,0 +1,276 @@
+/** The HTTP/1.1 client: sends one request over a pooled connection and streams the response back. */
+import type { Connection } from "./connection.ts";
+import { MAX_HEAD } from "./connection.ts";
+import { type ConnectionPool, describeError } from "./connection_pool.ts";
+import {
+  ChunkedDecoder,
+  findHeadEnd,
+  ParseError,
+  parseResponseHead,
+  type ResponseHead,
+  UpstreamError,
+} from "./http1.ts";
+import type { RequestBody } from "./request_body.ts";
+
+/** What one exchange needs. */
+export interface UpstreamRequest {
+  method: string;
+  /** The encoded request head, CRLFCRLF included. */
+  head: Uint8Array;
+  /** The request body, or null; `chunked` says how to frame it. */
+  body: RequestBody | null;
+  chunked: boolean;
+  /** Milliseconds to wait for the response head. */
+  responseTimeout: number;
+}
+
+/** Called once when the response body has been fully relayed (error undefined) or has failed. */
+export type Finish = (bytes: number, error?: string) => void;
+
+const SAFE_TO_RESEND = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
+const NULL_BODY_STATUS = new Set([101, 204, 205, 304]);
+const CRLF = new Uint8Array([13, 10]);
+const LAST_CHUNK = new Uint8Array([48, 13, 10, 13, 10]);
+const READ_SIZE = 64 * 1024;
+
+/**
+ * Sends `request` to the backend behind `pool` and resolves once the response head
+ * arrives, with a Response whose body streams from the backend. A reused keep-alive
+ * connection that turns out closed is replaced by a fresh one when that is safe.
+ */
+export async function exchange(
+  pool: ConnectionPool,
+  request: UpstreamRequest,
+  finish: Finish,
+): Promise<{ response: Response; head: ResponseHead }> {
+  const idle = pool.takeIdle();
+  if (idle) {
+    try {
+      return await attempt(pool, idle, request, finish);
+    } catch (err) {
+      // The backend may have closed the idle connection just as we reused it.
+      if (!(err instanceof UpstreamError) || err.kind !== "reset") throw err;
+      const resendable = !err.sent || (SAFE_TO_RESEND.has(request.method) &&
+        (request.body === null || request.body.rewind()));
+      if (!resendable) throw err;
+    }
+  }
+  return await attempt(pool, await pool.connect(), request, finish);
+}
+
+async function attempt(
+  pool: ConnectionPool,
+  conn: Connection,
+  request: UpstreamRequest,
+  finish: Finish,
+): Promise<{ response: Response; head: ResponseHead }> {
+  let sent = false;
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    pool.discard(conn);
+  }, request.responseTimeout);
+  let pump: Promise<boolean> | undefined;
+  try {
+    await conn.write(request.head);
+    sent = true;
+    if (request.body) pump = sendBody(conn, request.body, request.chunked);
+    let head: ResponseHead;
+    for (;;) {
+      head = await readHead(conn, request.method);
+      conn.start += head.size;
+      if (head.status >= 200) break;
+      if (head.status === 101) throw new ParseError("unexpected 101 Switching Protocols");
+      // 1xx interim responses (100 Continue, 103 Early Hints) are skipped.
+    }
+    clearTimeout(timer);
+    const response = buildResponse(pool, conn, head, pump, finish);
+    return { response, head };
+  } catch (err) {
+    clearTimeout(timer);
+    pool.discard(conn);
+    if (timedOut) {
+      throw new UpstreamError("timeout", `no response within ${request.responseTimeout}ms`, true);
+    }
+    if (err instanceof UpstreamError) throw err;
+    if (err instanceof ParseError) throw new UpstreamError("protocol", err.message, true);
+    if (err instanceof RangeError) {
+      throw new UpstreamError("protocol", `response head larger than ${MAX_HEAD} bytes`, true);
+    }
+    throw new UpstreamError("reset", describeError(err), sent);
+  }
+}
+
+async function readHead(conn: Connection, method: string): Promise<ResponseHead> {
+  let scanned = conn.start;
+  for (;;) {
+    const end = findHeadEnd(conn.buf, scanned, conn.end);
+    if (end !== -1) return parseResponseHead(conn.buf.subarray(conn.start, end - 2), method);
+    scanned = Math.max(conn.start, conn.end - 3);
+    const before = conn.start;
+    const n = await conn.fill();
+    if (n === null) {
+      throw new UpstreamError(
+        "reset",
+        conn.end > conn.start
+          ? "connection closed inside the response head"
+          : "connection closed before a response",
+        true,
+      );
+    }
+    scanned += conn.start - before; // fill() may have moved the buffered bytes to the front
+  }
+}
+
+/** Writes the body; resolves true when all of it was sent, false if the client's body failed. */
+async function sendBody(conn: Connection, body: RequestBody, chunked: boolean): Promise<boolean> {
+  try {
+    for await (const chunk of body.chunks()) {
+      if (chunk.length === 0) continue;
+      if (chunked) {
+        await conn.write(new TextEncoder().encode(chunk.length.toString(16) + "\r\n"));
+        await conn.write(chunk);
+        await conn.write(CRLF);
+      } else {
+        await conn.write(chunk);
+      }
+    }
+    if (chunked) await conn.write(LAST_CHUNK);
+    return true;
+  } catch {
+    // The client aborted its upload or the backend stopped reading: this connection is done.
+    conn.close();
+    return false;
+  }
+}
+
+function buildResponse(
+  pool: ConnectionPool,
+  conn: Connection,
+  head: ResponseHead,
+  pump: Promise<boolean> | undefined,
+  finish: Finish,
+): Response {
+  const headers = new Headers();
+  for (const [name, value] of head.headers) headers.append(name, value);
+  const init = { status: head.status, statusText: head.reason, headers };
+
+  const done = (bytes: number) => {
+    const reusable = head.keepAlive && conn.start === conn.end;
+    if (!reusable) pool.discard(conn);
+    else if (!pump) pool.release(conn);
+    else pump.then((ok) => ok ? pool.release(conn) : pool.discard(conn));
+    finish(bytes);
+  };
+
+  if (head.framing === "none" || NULL_BODY_STATUS.has(head.status)) {
+    if (head.framing !== "none") head.keepAlive = false;
+    done(0);
+    return new Response(null, init);
+  }
+  if (head.framing === "length" && conn.end - conn.start >= head.length) {
+    // The whole body arrived with the head: hand it over in one piece.
+    const body = conn.buf.slice(conn.start, conn.start + head.length);
+    conn.start += head.length;
+    done(body.length);
+    return new Response(body, init);
+  }
+  return new Response(bodyStream(pool, conn, head, done, finish), init);
+}
+
+function bodyStream(
+  pool: ConnectionPool,
+  conn: Connection,
+  head: ResponseHead,
+  done: (bytes: number) => void,
+  finish: Finish,
+): ReadableStream<Uint8Array> {
+  let remaining = head.length;
+  let bytes = 0;
+  const chunked = head.framing === "chunked" ? new ChunkedDecoder() : undefined;
+  let settled = false;
+  const fail = (controller: ReadableStreamDefaultController<Uint8Array>, cause: string) => {
+    pool.discard(conn);
+    if (!settled) {
+      settled = true;
+      finish(bytes, cause);
+    }
+    controller.error(new Error(`upstream body: ${cause}`));
+  };
+
+  /** Up to `max` body bytes: buffered ones first, otherwise straight from the socket. */
+  const take = async (max: number): Promise<Uint8Array | null> => {
+    if (conn.start < conn.end) {
+      const n = Math.min(max, conn.end - conn.start);
+      const chunk = conn.buf.slice(conn.start, conn.start + n);
+      conn.start += n;
+      return chunk;
+    }
+    const chunk = new Uint8Array(Math.min(max, READ_SIZE));
+    const n = await conn.readInto(chunk);
+    return n === null ? null : chunk.subarray(0, n);
+  };
+
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        if (head.framing === "length") {
+          const chunk = await take(remaining);
+          if (!chunk) {
+            return fail(controller, `backend closed the connection with ${remaining} bytes left`);
+          }
+          remaining -= chunk.length;
+          bytes += chunk.length;
+          controller.enqueue(chunk);
+          if (remaining === 0) {
+            settled = true;
+            done(bytes);
+            controller.close();
+          }
+          return;
+        }
+        if (chunked) {
+          for (;;) {
+            if (chunked.remaining > 0) {
+              const chunk = await take(chunked.remaining);
+              if (!chunk) return fail(controller, "backend closed the connection inside a chunk");
+              chunked.remaining -= chunk.length;
+              bytes += chunk.length;
+              controller.enqueue(chunk);
+              return;
+            }
+            conn.start = chunked.advance(conn.buf, conn.start, conn.end);
+            if (chunked.done) {
+              settled = true;
+              done(bytes);
+              controller.close();
+              return;
+            }
+            if (chunked.remaining === 0 && (await conn.fill()) === null) {
+              return fail(controller, "backend closed the connection before the last chunk");
+            }
+          }
+        }
+        // Delimited by close: everything until EOF is the body.
+        const chunk = await take(READ_SIZE);
+        if (!chunk) {
+          settled = true;
+          done(bytes);
+          controller.close();
+          return;
+        }
+        bytes += chunk.length;
+        controller.enqueue(chunk);
+      } catch (err) {
+        fail(controller, err instanceof ParseError ? err.message : describeError(err));
+      }
+    },
+    cancel() {
+      pool.discard(conn);
+      if (!settled) {
+        settled = true;
+        finish(bytes, "client closed the connection");
+      }
+    },
+  }, { highWaterMark: 0 });
+}

@@ -1,0 +1,85 @@
+/** One keep-alive TCP (or TLS) connection to a backend, with its read buffer. */
+
+const INITIAL_BUFFER = 16 * 1024;
+/** Largest response head accepted from a backend. */
+export const MAX_HEAD = 64 * 1024;
+
+/** A connection plus the bytes read from it but not consumed yet (buf[start, end)). */
+export class Connection {
+  buf = new Uint8Array(INITIAL_BUFFER);
+  start = 0;
+  end = 0;
+  /** Requests this connection has carried (0 while on its first). */
+  uses = 0;
+  /** True while the connection sits unused in its pool. */
+  idle = false;
+  idleSince = 0;
+  closed = false;
+  #pending: Promise<number | null> | undefined;
+
+  constructor(readonly raw: Deno.Conn) {}
+
+  /** Reads more bytes after `end`, growing the buffer up to {@linkcode MAX_HEAD} if full. Null at EOF. */
+  async fill(): Promise<number | null> {
+    if (this.start === this.end) {
+      this.start = this.end = 0;
+    } else if (this.end === this.buf.length) {
+      if (this.start > 0) {
+        this.buf.copyWithin(0, this.start, this.end);
+        this.end -= this.start;
+        this.start = 0;
+      } else {
+        if (this.buf.length >= MAX_HEAD) throw new RangeError("read buffer full");
+        const bigger = new Uint8Array(this.buf.length * 2);
+        bigger.set(this.buf);
+        this.buf = bigger;
+      }
+    }
+    const pending = this.#pending;
+    this.#pending = undefined;
+    const n = await (pending ?? this.raw.read(this.buf.subarray(this.end)));
+    if (n !== null) this.end += n;
+    return n;
+  }
+
+  /** Reads directly into `target` when no buffered bytes remain (body fast path). */
+  async readInto(target: Uint8Array): Promise<number | null> {
+    if (this.#pending) return await this.fill();
+    return await this.raw.read(target);
+  }
+
+  /** Writes all of `bytes`. */
+  async write(bytes: Uint8Array): Promise<void> {
+    let written = 0;
+    while (written < bytes.length) written += await this.raw.write(bytes.subarray(written));
+  }
+
+  /**
+   * Parks the connection while idle with a read outstanding: any byte or EOF that
+   * arrives before the next request means the backend closed it, so `onDead` runs
+   * and the connection is never handed out stale.
+   */
+  park(onDead: (conn: Connection) => void): void {
+    this.start = this.end = 0;
+    this.idle = true;
+    this.idleSince = Date.now();
+    const pending = this.raw.read(this.buf);
+    this.#pending = pending;
+    pending.then(
+      () => this.idle && onDead(this),
+      () => this.idle && onDead(this),
+    );
+  }
+
+  /** Closes the socket; safe to call twice. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.idle = false;
+    try {
+      this.raw.close();
+    } catch {
+      // already closed by the peer
+    }
+  }
+}

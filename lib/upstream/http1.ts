@@ -1,0 +1,269 @@
+/** HTTP/1.1 wire format: request head encoding and strict response head parsing (RFC 9112). */
+
+/** Why an upstream exchange failed; decides the status the client gets and whether to retry. */
+export type UpstreamFailure =
+  | "connect" // could not open a connection (refused, unreachable, connect timeout)
+  | "reset" // the connection broke after it was opened
+  | "timeout" // no response head within timeouts.response
+  | "protocol"; // the backend sent something that is not valid HTTP/1.1
+
+/** An upstream failure with its kind, whether request bytes reached the wire, and the cause. */
+export class UpstreamError extends Error {
+  constructor(
+    readonly kind: UpstreamFailure,
+    message: string,
+    /** True once any byte of the request was written to the backend. */
+    readonly sent: boolean,
+  ) {
+    super(message);
+    this.name = "UpstreamError";
+  }
+}
+
+/** Headers a proxy must not forward (RFC 9110 §7.6.1), lower-case. */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
+
+/** The header names listed in a `Connection` value, lower-case; they are hop-by-hop too. */
+export function connectionTokens(value: string | null): Set<string> | undefined {
+  if (!value) return undefined;
+  const tokens = new Set<string>();
+  for (const token of value.split(",")) {
+    const name = token.trim().toLowerCase();
+    if (name) tokens.add(name);
+  }
+  return tokens;
+}
+
+/** Encodes a string whose characters are all below U+0100 as one byte per character (ByteString). */
+export function latin1Bytes(text: string): Uint8Array {
+  const out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
+}
+
+const ascii = new TextDecoder("utf-8", { fatal: false });
+
+/** Decodes bytes one character per byte (ByteString), the way header values are represented. */
+export function latin1String(bytes: Uint8Array): string {
+  let high = false;
+  for (let i = 0; i < bytes.length; i++) {
+    if (bytes[i] > 0x7f) {
+      high = true;
+      break;
+    }
+  }
+  if (!high) return ascii.decode(bytes);
+  let out = "";
+  for (let i = 0; i < bytes.length; i += 4096) {
+    out += String.fromCharCode(...bytes.subarray(i, i + 4096));
+  }
+  return out;
+}
+
+/** How the response body is delimited. */
+export type BodyFraming = "none" | "length" | "chunked" | "close";
+
+/** A parsed response head. */
+export interface ResponseHead {
+  status: number;
+  reason: string;
+  /** Header fields in order, names lower-case, hop-by-hop ones removed. */
+  headers: [string, string][];
+  framing: BodyFraming;
+  /** Body length for `length` framing. */
+  length: number;
+  /** Whether the connection may carry another request after this response. */
+  keepAlive: boolean;
+  /** Bytes the head occupied, CRLFCRLF included. */
+  size: number;
+}
+
+/** Thrown by the parser on a malformed head. */
+export class ParseError extends Error {
+  override name = "ParseError";
+}
+
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const STATUS_LINE = /^HTTP\/1\.([01]) ([1-9]\d\d)(?: ([^\r\n]*))?$/;
+
+/** Index just past the first CRLFCRLF in buf[from, to), or -1. */
+export function findHeadEnd(buf: Uint8Array, from: number, to: number): number {
+  for (let i = Math.max(from, 0); i + 3 < to; i++) {
+    if (buf[i + 3] !== 10) {
+      // Skip ahead: buf[i+3] is not LF, so no terminator can end at i+3.
+      if (buf[i + 3] !== 13) i += 3;
+      continue;
+    }
+    if (buf[i] === 13 && buf[i + 1] === 10 && buf[i + 2] === 13) return i + 4;
+  }
+  return -1;
+}
+
+/**
+ * Parses a response head strictly: CRLF line endings only, no obsolete line folding,
+ * no control characters, token header names with no space before the colon, and a
+ * single unambiguous body length. `head` excludes the final empty line.
+ */
+export function parseResponseHead(head: Uint8Array, requestMethod: string): ResponseHead {
+  for (let i = 0; i < head.length; i++) {
+    const b = head[i];
+    if ((b < 0x20 && b !== 9 && b !== 10 && b !== 13) || b === 0x7f) {
+      throw new ParseError(`control character 0x${b.toString(16)} in response head`);
+    }
+  }
+  const text = latin1String(head);
+  const lines = text.split("\r\n");
+  const statusLine = lines[0];
+  const match = STATUS_LINE.exec(statusLine);
+  if (!match) {
+    throw new ParseError(`malformed status line ${JSON.stringify(statusLine.slice(0, 80))}`);
+  }
+  const http10 = match[1] === "0";
+  const status = Number(match[2]);
+  const reason = match[3] ?? "";
+
+  const headers: [string, string][] = [];
+  let contentLength = -1;
+  let chunked = false;
+  let transferEncoding = false;
+  let connection: Set<string> | undefined;
+  let keepAliveHeader = false;
+  // `head` ends with the last field's CRLF, so splitting leaves one empty string at the end.
+  const last = lines.length - 1;
+  if (last < 1 || lines[last] !== "") throw new ParseError("unterminated head");
+  for (let i = 1; i < last; i++) {
+    const line = lines[i];
+    if (line.includes("\r") || line.includes("\n")) throw new ParseError("bare CR or LF in head");
+    const colon = line.indexOf(":");
+    if (colon <= 0) {
+      throw new ParseError(`malformed header line ${JSON.stringify(line.slice(0, 80))}`);
+    }
+    const name = line.slice(0, colon).toLowerCase();
+    if (!TOKEN.test(name)) {
+      throw new ParseError(`invalid header name ${JSON.stringify(line.slice(0, colon))}`);
+    }
+    const value = line.slice(colon + 1).trim();
+    switch (name) {
+      case "content-length": {
+        for (const part of value.split(",")) {
+          const v = part.trim();
+          if (!/^\d{1,15}$/.test(v)) {
+            throw new ParseError(`invalid content-length ${JSON.stringify(value)}`);
+          }
+          const n = Number(v);
+          if (contentLength !== -1 && contentLength !== n) {
+            throw new ParseError("conflicting content-length values");
+          }
+          contentLength = n;
+        }
+        break;
+      }
+      case "transfer-encoding": {
+        if (transferEncoding) throw new ParseError("repeated transfer-encoding");
+        transferEncoding = true;
+        if (value.toLowerCase() !== "chunked") {
+          throw new ParseError(`unsupported transfer-encoding ${JSON.stringify(value)}`);
+        }
+        chunked = true;
+        continue;
+      }
+      case "connection":
+        connection = connectionTokens(value);
+        continue;
+      case "keep-alive":
+        keepAliveHeader = true;
+        continue;
+    }
+    if (HOP_BY_HOP.has(name)) continue;
+    headers.push([name, value]);
+  }
+  if (chunked && contentLength !== -1) {
+    throw new ParseError("both transfer-encoding and content-length");
+  }
+  let filtered = headers;
+  if (connection) {
+    filtered = headers.filter(([name]) => !connection!.has(name));
+  }
+  const close = connection?.has("close") ?? false;
+  let keepAlive = http10 ? (connection?.has("keep-alive") ?? false) && !close : !close;
+  void keepAliveHeader;
+
+  let framing: BodyFraming;
+  if (
+    requestMethod === "HEAD" || status === 204 || status === 304 || status < 200
+  ) {
+    framing = "none";
+  } else if (chunked) {
+    framing = "chunked";
+  } else if (contentLength !== -1) {
+    framing = contentLength === 0 ? "none" : "length";
+  } else {
+    framing = "close";
+    keepAlive = false;
+  }
+  return {
+    status,
+    reason,
+    headers: filtered,
+    framing,
+    length: contentLength === -1 ? 0 : contentLength,
+    keepAlive,
+    size: head.length + 2,
+  };
+}
+
+/** Incremental decoder for a chunked body; feeds framing bytes, reports data spans. */
+export class ChunkedDecoder {
+  /** Bytes of chunk data still expected in the current chunk. */
+  remaining = 0;
+  /** True once the last chunk and trailer section were consumed. */
+  done = false;
+  #state: "size" | "data-crlf" | "trailers" = "size";
+
+  /**
+   * Consumes framing from buf[start, end) and returns the position reached: at chunk
+   * data (remaining > 0), past the whole body (done), or where more input is needed.
+   */
+  advance(buf: Uint8Array, start: number, end: number): number {
+    let pos = start;
+    while (pos < end && !this.done && this.remaining === 0) {
+      const lf = buf.indexOf(10, pos);
+      if (lf === -1 || lf >= end) {
+        if (end - pos > 4096) throw new ParseError("chunk framing line too long");
+        return pos;
+      }
+      if (lf === pos || buf[lf - 1] !== 13) throw new ParseError("chunk line not ended by CRLF");
+      const line = latin1String(buf.subarray(pos, lf - 1));
+      pos = lf + 1;
+      if (this.#state === "data-crlf") {
+        if (line !== "") throw new ParseError("chunk data longer than its size");
+        this.#state = "size";
+      } else if (this.#state === "size") {
+        const semi = line.indexOf(";");
+        const hex = (semi === -1 ? line : line.slice(0, semi)).trimEnd();
+        if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) {
+          throw new ParseError(`invalid chunk size ${JSON.stringify(hex.slice(0, 20))}`);
+        }
+        const size = parseInt(hex, 16);
+        if (size === 0) this.#state = "trailers";
+        else {
+          this.remaining = size;
+          this.#state = "data-crlf";
+        }
+      } else if (line === "") {
+        this.done = true;
+      } else if (line.indexOf(":") <= 0) {
+        throw new ParseError("malformed trailer");
+      }
+    }
+    return pos;
+  }
+}

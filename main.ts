@@ -1,0 +1,171 @@
+/**
+ * sluice: an HTTP load balancer for Deno.
+ *
+ *   deno run --allow-net --allow-read main.ts --config sluice.yaml
+ *   deno run --allow-net main.ts --backend http://127.0.0.1:8081 --backend http://127.0.0.1:8082
+ */
+import { parseArgs } from "node:util";
+import denoJson from "./deno.json" with { type: "json" };
+import { startAdmin } from "./lib/admin/server.ts";
+import { type Balancer, startBalancer } from "./lib/balancer.ts";
+import {
+  type Config,
+  ConfigError,
+  formatConfig,
+  loadConfig,
+  type Overrides,
+} from "./lib/config.ts";
+import { Logger } from "./lib/log.ts";
+
+/** The version printed by `--version`. */
+export const VERSION: string = denoJson.version;
+
+const USAGE = `sluice ${VERSION}: an HTTP load balancer
+
+Usage: sluice [options]
+
+  -c, --config FILE          YAML or JSON config file
+      --host HOST            listen address (default 0.0.0.0)
+      --port PORT            listen port (default 8080)
+      --backend URL          backend URL; repeat for more (replaces the file's list)
+      --strategy NAME        round-robin, weighted-round-robin, least-connections, random,
+                             power-of-two, latency, consistent-hash
+      --health-path PATH     health check path (default /)
+      --health-interval DUR  time between health checks (default 10s)
+      --health-timeout DUR   health check timeout (default 2s)
+      --log-level LEVEL      debug, info, warn, error (default info)
+      --log-format FORMAT    text or json (default text)
+      --check                validate the config, print it (or every error), and exit 0 or 1
+      --watch                reload the config file when it changes (SIGHUP always reloads)
+  -h, --help                 show this help
+  -V, --version              show the version
+
+Flags override the file; the file overrides the defaults. Durations: 250ms, 2s, 1m.`;
+
+function parse(args: string[]) {
+  return parseArgs({
+    args,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      config: { type: "string", short: "c" },
+      host: { type: "string" },
+      port: { type: "string" },
+      backend: { type: "string", multiple: true },
+      strategy: { type: "string" },
+      "health-path": { type: "string" },
+      "health-interval": { type: "string" },
+      "health-timeout": { type: "string" },
+      "log-level": { type: "string" },
+      "log-format": { type: "string" },
+      check: { type: "boolean" },
+      watch: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+      version: { type: "boolean", short: "V" },
+    },
+  }).values;
+}
+
+/** Runs the command line; resolves to the exit code. */
+export async function main(args: string[]): Promise<number> {
+  let flags: ReturnType<typeof parse>;
+  try {
+    flags = parse(args);
+  } catch (err) {
+    console.error(`sluice: ${(err as Error).message}\nRun with --help for usage.`);
+    return 1;
+  }
+  if (flags.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (flags.version) {
+    console.log(`sluice ${VERSION}`);
+    return 0;
+  }
+  const overrides: Overrides = {
+    host: flags.host,
+    port: flags.port,
+    backends: flags.backend,
+    strategy: flags.strategy,
+    healthPath: flags["health-path"],
+    healthInterval: flags["health-interval"],
+    healthTimeout: flags["health-timeout"],
+    logLevel: flags["log-level"],
+    logFormat: flags["log-format"],
+  };
+  const path = flags.config;
+  let config: Config;
+  try {
+    config = await loadConfig(path, overrides);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    console.error(`sluice: invalid configuration${path ? ` in ${path}` : ""}:`);
+    for (const problem of err.problems) console.error(problem);
+    return 1;
+  }
+  if (flags.check) {
+    console.log(formatConfig(config));
+    return 0;
+  }
+
+  const log = new Logger(config.log.level, config.log.format);
+  let balancer: Balancer;
+  try {
+    balancer = await startBalancer(config, log);
+  } catch (err) {
+    log.error(`cannot start: ${(err as Error).message}`);
+    return 1;
+  }
+  const admin = config.admin ? await startAdmin(balancer, config.admin) : undefined;
+
+  const reload = async (why: string) => {
+    if (!path) {
+      log.warn(`${why}: no --config file to reload`);
+      return;
+    }
+    try {
+      const next = await loadConfig(path, overrides);
+      balancer.reload(next);
+      balancer.stats.reloads.inc(["success"]);
+      log.info(`configuration reloaded (${why})`, { version: balancer.version });
+    } catch (err) {
+      balancer.stats.reloads.inc(["failure"]);
+      const problems = err instanceof ConfigError ? err.problems : [String(err)];
+      log.error(`configuration rejected (${why}); keeping the previous one`, { problems });
+    }
+  };
+
+  const stop = async () => {
+    await Promise.all([balancer.shutdown(), admin?.shutdown()]);
+  };
+  const signals: [Deno.Signal, () => void][] = [
+    ["SIGINT", () => void stop()],
+    ["SIGTERM", () => void stop()],
+    ["SIGHUP", () => void reload("SIGHUP")],
+  ];
+  for (const [signal, handler] of signals) Deno.addSignalListener(signal, handler);
+
+  let watcher: Deno.FsWatcher | undefined;
+  if (flags.watch && path) {
+    watcher = Deno.watchFs(path);
+    (async () => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      for await (const _event of watcher) {
+        // Editors write in several steps; reload once they are done.
+        clearTimeout(timer);
+        timer = setTimeout(() => reload("file changed"), 200);
+      }
+    })();
+  }
+
+  await balancer.finished;
+  await stop();
+  watcher?.close();
+  for (const [signal, handler] of signals) Deno.removeSignalListener(signal, handler);
+  return 0;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

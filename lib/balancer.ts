@@ -5,7 +5,7 @@ import { HealthChecker } from "./health.ts";
 import type { Logger } from "./log.ts";
 import { OutlierDetector } from "./outlier.ts";
 import { type Backend, Pool } from "./pool.ts";
-import { Proxy, type ProxySettings, textResponse } from "./proxy.ts";
+import { Proxy, type ProxyObserver, type ProxySettings, textResponse } from "./proxy.ts";
 import { SlotQueue } from "./queue.ts";
 import { RetryBudget } from "./retry_budget.ts";
 import { createSelector } from "./select/mod.ts";
@@ -25,6 +25,8 @@ export interface Balancer {
   /** 1 at start, +1 per applied reload. */
   readonly version: number;
   readonly startedAt: number;
+  /** Adds a listener told about every finished request, upstream failure and retry. */
+  addObserver(observer: ProxyObserver): void;
   /** Applies a validated config: backends added, removed, re-weighted; settings swapped atomically. */
   reload(config: Config): void;
   /** Adds a backend at run time. Throws if its id exists. */
@@ -84,8 +86,8 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
   const budget = new RetryBudget(config.retryBudget.percent, config.retryBudget.minPerSecond);
   const queue = new SlotQueue(config.limits.maxPending, config.limits.queueTimeout);
   let accessLog = config.accessLog ? new AccessLog(config.accessLog) : undefined;
-  const observers = [stats];
-  const accessObserver = {
+  const extra: ProxyObserver[] = [];
+  const accessObserver: ProxyObserver = {
     request: (r: Parameters<Stats["request"]>[0]) => accessLog?.write(r),
     upstreamError() {},
     retry() {},
@@ -96,7 +98,7 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
     budget,
     queue,
     log,
-    observers: accessLog ? [...observers, accessObserver] : observers,
+    observers: accessLog ? [stats, accessObserver] : [stats],
   });
 
   const abort = new AbortController();
@@ -183,7 +185,7 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
         accessLog = next.accessLog ? new AccessLog(next.accessLog) : undefined;
         old?.close();
         proxy.parts.observers.length = 0;
-        proxy.parts.observers.push(stats, ...(accessLog ? [accessObserver] : []));
+        proxy.parts.observers.push(stats, ...extra, ...(accessLog ? [accessObserver] : []));
       }
       proxy.settings = proxySettings(next, pool);
       if (JSON.stringify(next.listen) !== JSON.stringify(current.listen)) {
@@ -196,6 +198,10 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
       version++;
     },
 
+    addObserver(observer) {
+      extra.push(observer);
+      proxy.parts.observers.push(observer);
+    },
     addBackend(entry) {
       const backend = pool.add(entry);
       health.sync();

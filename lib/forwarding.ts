@@ -19,31 +19,33 @@ export interface ForwardHead {
 
 /**
  * Builds the upstream head: method, target and headers byte for byte, minus hop-by-hop
- * headers, with X-Forwarded-For appended to and X-Forwarded-Proto/-Host set.
+ * headers, with X-Forwarded-For appended to and X-Forwarded-Proto/-Host set, and
+ * `addRequestId` as X-Request-Id when the client sent none.
  */
 export function forwardHead(
   req: Request,
   target: string,
   clientIp: string,
   proto: string,
-  requestId: string | undefined,
+  addRequestId: string | undefined,
 ): ForwardHead {
   const tokens = connectionTokens(req.headers.get("connection"));
   let text = req.method + " " + target + " HTTP/1.1\r\n";
   let forwardedFor: string | undefined;
   let host: string | undefined;
   let hasLength = false;
-  for (const [name, value] of req.headers) {
-    if (HOP_BY_HOP.has(name) || tokens?.has(name)) continue;
+  // forEach is several times cheaper than the Headers iterator in Deno.
+  req.headers.forEach((value, name) => {
+    if (HOP_BY_HOP.has(name) || tokens?.has(name)) return;
     switch (name) {
       case "x-forwarded-for":
         forwardedFor = value;
-        continue;
+        return;
       case "x-forwarded-proto":
       case "x-forwarded-host":
-        continue;
+        return;
       case "x-request-id":
-        if (requestId !== undefined) continue;
+        if (addRequestId !== undefined) return;
         break;
       case "host":
         host = value;
@@ -53,11 +55,11 @@ export function forwardHead(
         break;
     }
     text += name + ": " + value + "\r\n";
-  }
+  });
   text += "x-forwarded-for: " + (forwardedFor ? forwardedFor + ", " + clientIp : clientIp) +
     "\r\nx-forwarded-proto: " + proto + "\r\n";
   if (host !== undefined) text += "x-forwarded-host: " + host + "\r\n";
-  if (requestId !== undefined) text += "x-request-id: " + requestId + "\r\n";
+  if (addRequestId !== undefined) text += "x-request-id: " + addRequestId + "\r\n";
   const chunked = req.body !== null && !hasLength;
   if (chunked) text += "transfer-encoding: chunked\r\n";
   return { text, hasHost: host !== undefined, chunked };

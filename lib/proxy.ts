@@ -162,6 +162,13 @@ export class Proxy {
           body,
           chunked: forward.chunked,
           responseTimeout: settings.responseTimeout,
+          responseHeaders:
+            settings.sticky && !hasStickyCookie(req, settings.sticky.cookie, backend.cookie)
+              ? [["x-request-id", requestId], [
+                "set-cookie",
+                stickyCookie(settings.sticky, backend.cookie),
+              ]]
+              : [["x-request-id", requestId]],
         }, finish);
         const upstreamMs = performance.now() - attemptStart;
         backend.observeLatency(upstreamMs);
@@ -194,10 +201,6 @@ export class Proxy {
       record.status = response.status;
       record.backend = backend;
       record.upstreamMs = held.upstreamMs;
-      response.headers.set("x-request-id", requestId);
-      if (settings.sticky && !hasStickyCookie(req, settings.sticky.cookie, backend.cookie)) {
-        response.headers.append("set-cookie", stickyCookie(settings.sticky, backend.cookie));
-      }
       state.returned = true;
       if (state.finished) this.#settle(record, state, started);
       return response;

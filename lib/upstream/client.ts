@@ -10,6 +10,7 @@ import {
   type ResponseHead,
   UpstreamError,
 } from "./http1.ts";
+import { cancel, deadline } from "./deadlines.ts";
 import type { RequestBody } from "./request_body.ts";
 
 /** What one exchange needs. */
@@ -22,6 +23,8 @@ export interface UpstreamRequest {
   chunked: boolean;
   /** Milliseconds to wait for the response head. */
   responseTimeout: number;
+  /** Headers the balancer adds to the response (replacing the backend's of the same name, except Set-Cookie). */
+  responseHeaders: [string, string][];
 }
 
 /** Called once when the response body has been fully relayed (error undefined) or has failed. */
@@ -32,6 +35,7 @@ const NULL_BODY_STATUS = new Set([101, 204, 205, 304]);
 const CRLF = new Uint8Array([13, 10]);
 const LAST_CHUNK = new Uint8Array([48, 13, 10, 13, 10]);
 const READ_SIZE = 64 * 1024;
+const encoder = new TextEncoder();
 
 /**
  * Sends `request` to the backend behind `pool` and resolves once the response head
@@ -65,11 +69,7 @@ async function attempt(
   finish: Finish,
 ): Promise<{ response: Response; head: ResponseHead }> {
   let sent = false;
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    pool.discard(conn);
-  }, request.responseTimeout);
+  const timer = deadline(request.responseTimeout, () => pool.discard(conn));
   let pump: Promise<boolean> | undefined;
   try {
     await conn.write(request.head);
@@ -83,13 +83,13 @@ async function attempt(
       if (head.status === 101) throw new ParseError("unexpected 101 Switching Protocols");
       // 1xx interim responses (100 Continue, 103 Early Hints) are skipped.
     }
-    clearTimeout(timer);
-    const response = buildResponse(pool, conn, head, pump, finish);
+    cancel(timer);
+    const response = buildResponse(pool, conn, head, request.responseHeaders, pump, finish);
     return { response, head };
   } catch (err) {
-    clearTimeout(timer);
+    cancel(timer);
     pool.discard(conn);
-    if (timedOut) {
+    if (timer.expired) {
       throw new UpstreamError("timeout", `no response within ${request.responseTimeout}ms`, true);
     }
     if (err instanceof UpstreamError) throw err;
@@ -128,9 +128,19 @@ async function sendBody(conn: Connection, body: RequestBody, chunked: boolean): 
     for await (const chunk of body.chunks()) {
       if (chunk.length === 0) continue;
       if (chunked) {
-        await conn.write(new TextEncoder().encode(chunk.length.toString(16) + "\r\n"));
-        await conn.write(chunk);
-        await conn.write(CRLF);
+        const size = encoder.encode(chunk.length.toString(16) + "\r\n");
+        if (chunk.length <= 16384) {
+          // One write per chunk: framing and data together.
+          const framed = new Uint8Array(size.length + chunk.length + 2);
+          framed.set(size);
+          framed.set(chunk, size.length);
+          framed.set(CRLF, size.length + chunk.length);
+          await conn.write(framed);
+        } else {
+          await conn.write(size);
+          await conn.write(chunk);
+          await conn.write(CRLF);
+        }
       } else {
         await conn.write(chunk);
       }
@@ -148,11 +158,17 @@ function buildResponse(
   pool: ConnectionPool,
   conn: Connection,
   head: ResponseHead,
+  extra: [string, string][],
   pump: Promise<boolean> | undefined,
   finish: Finish,
 ): Response {
-  const headers = new Headers();
-  for (const [name, value] of head.headers) headers.append(name, value);
+  let headers = head.headers;
+  if (extra.length) {
+    headers = headers.filter(([name]) =>
+      name === "set-cookie" || !extra.some((e) => e[0] === name)
+    );
+    headers.push(...extra);
+  }
   const init = { status: head.status, statusText: head.reason, headers };
 
   const done = (bytes: number) => {

@@ -49,21 +49,13 @@ export function latin1Bytes(text: string): Uint8Array {
   return out;
 }
 
-const ascii = new TextDecoder("utf-8", { fatal: false });
-
 /** Decodes bytes one character per byte (ByteString), the way header values are represented. */
 export function latin1String(bytes: Uint8Array): string {
-  let high = false;
-  for (let i = 0; i < bytes.length; i++) {
-    if (bytes[i] > 0x7f) {
-      high = true;
-      break;
-    }
-  }
-  if (!high) return ascii.decode(bytes);
+  // fromCharCode in slices stays inside V8 (no native call) and bounds the argument count.
+  if (bytes.length <= 4096) return String.fromCharCode.apply(null, bytes as unknown as number[]);
   let out = "";
   for (let i = 0; i < bytes.length; i += 4096) {
-    out += String.fromCharCode(...bytes.subarray(i, i + 4096));
+    out += String.fromCharCode.apply(null, bytes.subarray(i, i + 4096) as unknown as number[]);
   }
   return out;
 }

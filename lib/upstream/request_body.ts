@@ -3,38 +3,46 @@
 /** Wraps the client's body stream, remembering up to `limit` bytes so a retry can resend them. */
 export class RequestBody {
   readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  /** Chunks read so far, while they fit the limit; cleared once the body outgrows it. */
   readonly #kept: Uint8Array[] = [];
   #keptBytes = 0;
   #overflow = false;
   #ended = false;
-  /** True once reading has started on some attempt. */
-  started = false;
+  /** The read in progress, shared so an abandoned attempt and its retry never read concurrently. */
+  #reading: Promise<Uint8Array | null> | undefined;
 
   constructor(stream: ReadableStream<Uint8Array>, readonly limit: number) {
     this.#reader = stream.getReader();
   }
 
-  /** Whether every byte read so far is still kept, so the body can be sent again from the start. */
-  get replayable(): boolean {
-    return !this.#overflow;
-  }
-
-  /** Prepares to send again from the start; returns false if bytes were already let go. */
+  /** Whether the body can be sent again from its first byte. */
   rewind(): boolean {
     return !this.#overflow;
   }
 
   /** The body's chunks from the start: kept bytes first, then the rest of the client's stream. */
   async *chunks(): AsyncGenerator<Uint8Array> {
-    this.started = true;
     if (this.#overflow) throw new Error("request body can no longer be replayed");
-    const kept = this.#kept.length;
-    for (let i = 0; i < kept; i++) yield this.#kept[i];
-    while (!this.#ended) {
+    let i = 0;
+    for (;;) {
+      if (!this.#overflow && i < this.#kept.length) {
+        yield this.#kept[i++];
+        continue;
+      }
+      if (this.#ended) return;
+      const chunk = await (this.#reading ??= this.#read());
+      if (chunk === null) return;
+      if (this.#overflow) yield chunk;
+      // Otherwise the chunk is in #kept and the next turn yields it in order.
+    }
+  }
+
+  async #read(): Promise<Uint8Array | null> {
+    try {
       const { value, done } = await this.#reader.read();
       if (done) {
         this.#ended = true;
-        break;
+        return null;
       }
       if (!this.#overflow) {
         this.#keptBytes += value.length;
@@ -43,7 +51,9 @@ export class RequestBody {
           this.#kept.length = 0;
         } else this.#kept.push(value);
       }
-      yield value;
+      return value;
+    } finally {
+      this.#reading = undefined;
     }
   }
 

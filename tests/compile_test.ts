@@ -5,6 +5,14 @@ import assert from "node:assert/strict";
  * Where neither works (these build machines have no route to the download host) the test
  * is ignored and prints why.
  */
+/** Removes terminal colour codes. */
+function stripAnsi(text: string): string {
+  const esc = String.fromCharCode(27);
+  return text.split(esc).map((part, i) => i === 0 ? part : part.replace(/^\[[0-9;]*m/, "")).join(
+    "",
+  );
+}
+
 const dir = await Deno.makeTempDir();
 const binary = `${dir}/sluice`;
 const compile = await new Deno.Command(Deno.execPath(), {
@@ -24,8 +32,8 @@ const compile = await new Deno.Command(Deno.execPath(), {
   stderr: "piped",
   signal: AbortSignal.timeout(120_000),
 }).output();
-const errorLine = new TextDecoder().decode(compile.stderr).split("\n")
-  .map((l) => l.replace(/\x1b\[[0-9;]*m/g, "").trim())
+const errorLine = stripAnsi(new TextDecoder().decode(compile.stderr)).split("\n")
+  .map((l) => l.trim())
   .find((l) => /error/i.test(l)) ?? "no error message";
 const unavailable = !compile.success && !Deno.env.get("DENORT_BIN");
 if (unavailable) {

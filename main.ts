@@ -32,7 +32,7 @@ Usage: sluice [options]
                              power-of-two, latency, consistent-hash
       --health-path PATH     health check path (default /)
       --health-interval DUR  time between health checks (default 10s)
-      --health-timeout DUR   health check timeout (default 2s)
+      --health-timeout DUR   health check timeout (default 2s, or the interval if shorter)
       --log-level LEVEL      debug, info, warn, error (default info)
       --log-format FORMAT    text or json (default text)
       --check                validate the config, print it (or every error), and exit 0 or 1

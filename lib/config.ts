@@ -1,7 +1,7 @@
 /** The configuration: its zod schema, defaults, file loading, command-line overrides and error reporting. */
 import { z } from "zod";
 import { parse as parseYaml } from "yaml";
-import { formatDuration, parseDuration } from "./duration.ts";
+import { DURATION_PATTERN, formatDuration, MAX_DURATION, parseDuration } from "./duration.ts";
 
 /** Selection strategies accepted by `strategy:`. */
 export const STRATEGIES = [
@@ -14,34 +14,48 @@ export const STRATEGIES = [
   "consistent-hash",
 ] as const;
 
+const DURATION_HINT = "must be a duration such as 250ms, 2s or 1m";
 const duration = z
-  .union([z.number(), z.string()])
+  .union([z.number(), z.string()], { error: DURATION_HINT })
   .transform((value, ctx) => {
     const ms = parseDuration(value);
     if (ms === undefined) {
+      ctx.addIssue({ code: "custom", message: `${DURATION_HINT} (got ${JSON.stringify(value)})` });
+      return z.NEVER;
+    }
+    if (ms > MAX_DURATION) {
+      // Timers fire immediately past 2^31-1 ms, which would turn a long interval into a busy loop.
       ctx.addIssue({
         code: "custom",
-        message: `must be a duration such as 250ms, 2s or 1m (got ${JSON.stringify(value)})`,
+        message: `must be at most 596h (got ${JSON.stringify(value)})`,
       });
       return z.NEVER;
     }
     return ms;
   })
-  .meta({ description: "A duration: 250ms, 2s, 1m, 1h; a bare number is milliseconds." });
+  .meta({
+    description: "A duration: 250ms, 2s, 1m, 1h; a bare number is milliseconds.",
+    pattern: DURATION_PATTERN,
+    minimum: 0,
+  });
 
 const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, kb: 1024, mb: 1024 ** 2, gb: 1024 ** 3 };
+const SIZE_HINT = "must be a size such as 65536, 64KB or 1MB";
 const size = z
-  .union([z.number().int().nonnegative(), z.string()])
+  .union([z.number().int().nonnegative(), z.string()], { error: SIZE_HINT })
   .transform((value, ctx) => {
     if (typeof value === "number") return value;
     const match = /^(\d+)\s*(b|kb|mb|gb)?$/i.exec(value.trim());
     if (!match) {
-      ctx.addIssue({ code: "custom", message: `must be a size such as 65536, 64KB or 1MB` });
+      ctx.addIssue({ code: "custom", message: `${SIZE_HINT} (got ${JSON.stringify(value)})` });
       return z.NEVER;
     }
     return Number(match[1]) * SIZE_UNITS[(match[2] ?? "").toLowerCase()];
   })
-  .meta({ description: "A size in bytes: 65536, 64KB, 1MB." });
+  .meta({
+    description: "A size in bytes: 65536, 64KB, 1MB.",
+    pattern: "^\\s*\\d+\\s*([bB]|[kKmMgG][bB])?\\s*$",
+  });
 
 const port = z.number().int().min(0).max(65535);
 const host = z.string().min(1);
@@ -68,7 +82,8 @@ const statusRanges = z.string().regex(
   'must be status codes or ranges such as "200-399" or "200,204"',
 );
 
-const backend = z.strictObject({
+/** The zod schema of one `backends:` entry (also validates admin API `POST /api/backends` bodies). */
+export const backendSchema = z.strictObject({
   url: httpUrl.meta({ description: "http://host:port or https://host:port" }),
   name: z.string().regex(/^[A-Za-z0-9._:-]+$/, "must use only letters, digits and . _ : -")
     .optional().meta({ description: "Stable id shown by the admin API; defaults to host:port." }),
@@ -85,64 +100,104 @@ export const configSchema = z.strictObject({
   listen: z.strictObject({
     host: host.default("0.0.0.0"),
     port: port.default(8080),
-  }).prefault({}),
-  strategy: z.enum(STRATEGIES).default("round-robin"),
+  }).prefault({}).meta({ description: "Where clients connect; port 0 picks a free port." }),
+  strategy: z.enum(STRATEGIES).default("round-robin")
+    .meta({ description: "How a backend is chosen for each request." }),
   hashKey: z.string().regex(HASH_KEY, "must be ip, path, header:NAME, cookie:NAME or query:NAME")
-    .default("ip"),
+    .default("ip").meta({
+      description: "What consistent-hash hashes: ip, path, header:NAME, cookie:NAME, query:NAME.",
+    }),
   sticky: z.strictObject({
     cookie: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "must be a cookie name"),
     ttl: duration.optional().meta({ description: "Cookie lifetime; a session cookie if unset." }),
-  }).optional(),
-  backends: z.array(backend).min(1, "at least one backend is required"),
+  }).optional().meta({ description: "Pin each client to a backend with a cookie." }),
+  backends: z.array(backendSchema).min(1, "at least one backend is required")
+    .meta({ description: "The servers requests are balanced across." }),
   health: z.strictObject({
     path: z.string().startsWith("/", "must start with /").default("/"),
     interval: duration.default(10_000),
-    timeout: duration.default(2_000),
+    timeout: duration.optional()
+      .meta({ description: "Probe timeout; defaults to 2s, or health.interval if shorter." }),
     healthyThreshold: z.number().int().min(1).default(2),
     unhealthyThreshold: z.number().int().min(1).default(3),
     expectStatus: statusRanges.default("200-399"),
-  }).prefault({}),
+  }).superRefine((h, ctx) => {
+    if (typeof h.timeout === "number" && h.timeout > h.interval) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["timeout"],
+        message: "must not be longer than health.interval",
+      });
+    }
+  }).transform(({ path, interval, timeout, ...rest }) => ({
+    path,
+    interval,
+    // A fixed 2s default would make `--health-interval 1s` alone invalid.
+    timeout: timeout ?? Math.min(2_000, interval),
+    ...rest,
+  })).prefault({}).meta({ description: "Active health checks: GET path on every backend." }),
   timeouts: z.strictObject({
     connect: duration.default(3_000),
     response: duration.default(30_000),
     idle: duration.default(60_000),
     drain: duration.default(30_000),
-  }).prefault({}),
-  retries: z.number().int().min(0).max(10).default(2),
-  retryOn: z.array(z.union([z.literal(502), z.literal(503), z.literal(504)])).default([]),
+  }).prefault({}).meta({
+    description: "connect: TCP connect; response: until the response head; idle: pooled " +
+      "upstream connections; drain: in-flight requests at shutdown.",
+  }),
+  retries: z.number().int().min(0).max(10).default(2)
+    .meta({ description: "Further attempts, on other backends, after a failed attempt." }),
+  retryOn: z.array(
+    z.union([z.literal(502), z.literal(503), z.literal(504)], { error: "must be 502, 503 or 504" }),
+  ).default([]).meta({
+    description: "Backend statuses that are retried (idempotent methods only).",
+  }),
   retryBudget: z.strictObject({
     percent: z.number().min(0).max(100).default(20),
     minPerSecond: z.number().min(0).default(3),
-  }).prefault({}),
-  retryBuffer: size.default(65_536),
+  }).prefault({}).meta({
+    description: "Retries per second: percent of requests, at least minPerSecond.",
+  }),
+  retryBuffer: size.default(65_536)
+    .meta({ description: "Request body bytes kept so the request can be retried." }),
   outlier: z.strictObject({
     consecutiveFailures: z.number().int().min(0).default(5),
     baseEjection: duration.default(30_000),
     maxEjectionPercent: z.number().min(0).max(100).default(50),
-  }).prefault({}),
+  }).prefault({}).meta({ description: "Passive checks: eject a backend after failures in a row." }),
   limits: z.strictObject({
     maxConnections: z.number().int().positive().optional(),
-    maxPending: z.number().int().min(0).default(100),
+    maxPending: z.number().int().min(0).default(0),
     queueTimeout: duration.default(1_000),
-  }).prefault({}),
-  slowStart: duration.default(0),
+  }).prefault({}).meta({
+    description: "Per-backend concurrency limit and the queue for a free slot.",
+  }),
+  slowStart: duration.default(0)
+    .meta({ description: "Ramp a recovered backend's weight up over this time; 0 is off." }),
   admin: z.strictObject({
     host: host.default("127.0.0.1"),
     port: port.default(9090),
     token: z.string().min(16, "must be at least 16 characters").optional(),
-  }).optional(),
+  }).optional().meta({ description: "Admin API and dashboard listener; off if unset." }),
   accessLog: z.strictObject({
     format: z.enum(["json", "combined"]).default("json"),
     path: z.string().min(1).optional().meta({ description: "File to append to; stdout if unset." }),
-  }).optional(),
+  }).optional().meta({ description: "One line per request; off if unset." }),
   log: z.strictObject({
     level: z.enum(["debug", "info", "warn", "error"]).default("info"),
     format: z.enum(["text", "json"]).default("text"),
-  }).prefault({}),
+  }).prefault({}).meta({ description: "The balancer's own log, on stderr." }),
 }).superRefine((config, ctx) => {
+  // Zod runs this even when fields failed their own checks, so skip what is not well formed.
   const seen = new Map<string, number>();
-  config.backends.forEach((b, i) => {
-    const id = backendId(b);
+  const backends = Array.isArray(config.backends) ? config.backends : [];
+  backends.forEach((b, i) => {
+    let id: string;
+    try {
+      id = backendId(b);
+    } catch {
+      return;
+    }
     if (seen.has(id)) {
       ctx.addIssue({
         code: "custom",
@@ -151,18 +206,23 @@ export const configSchema = z.strictObject({
       });
     } else seen.set(id, i);
   });
-  if (config.health.timeout > config.health.interval) {
-    ctx.addIssue({
-      code: "custom",
-      path: ["health", "timeout"],
-      message: "must not be longer than health.interval",
-    });
-  }
-  if (config.admin && !config.admin.token && !isLoopback(config.admin.host)) {
+  const admin = config.admin;
+  if (admin && !admin.token && typeof admin.host === "string" && !isLoopback(admin.host)) {
     ctx.addIssue({
       code: "custom",
       path: ["admin", "token"],
       message: `is required when the admin listener is bound to a non-loopback address`,
+    });
+  }
+  const listen = config.listen;
+  if (
+    admin && listen && admin.port !== 0 && admin.port === listen.port &&
+    (admin.host === listen.host || isWildcard(admin.host) || isWildcard(listen.host))
+  ) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["admin", "port"],
+      message: `must differ from listen.port (${listen.port})`,
     });
   }
 });
@@ -187,6 +247,10 @@ export function isLoopback(host: string): boolean {
   return h === "localhost" || h === "::1" || /^127\.\d+\.\d+\.\d+$/.test(h);
 }
 
+function isWildcard(host: unknown): boolean {
+  return host === "0.0.0.0" || host === "::" || host === "[::]";
+}
+
 /** Thrown with every problem found, one line each, when a configuration is invalid. */
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
@@ -197,33 +261,71 @@ export class ConfigError extends Error {
 
 /** Validates raw (already parsed) input and returns the effective config, or throws {@linkcode ConfigError}. */
 export function validateConfig(input: unknown): Config {
-  const result = configSchema.safeParse(input);
+  const result = configSchema.safeParse(input, { error: naturalMessage });
   if (result.success) return result.data;
-  throw new ConfigError(result.error.issues.map(formatIssue));
+  throw new ConfigError(issueLines(result.error.issues));
 }
 
-function formatIssue(issue: z.core.$ZodIssue): string {
-  let path = "";
-  for (const key of issue.path) {
-    path += typeof key === "number" ? `[${key}]` : path ? `.${String(key)}` : String(key);
-  }
-  let message = issue.message;
-  if (issue.code === "unrecognized_keys") {
-    const keys = issue.keys;
-    return keys.map((k) => `${path ? path + "." : ""}${k}: unknown key`).join("\n");
-  }
-  if (issue.code === "invalid_type") {
-    message = message.includes("received undefined")
-      ? "is required"
-      : `must be ${article(issue.expected)}`;
-  } else if (issue.code === "invalid_value" && "values" in issue) {
-    message = `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}`;
-  }
-  return `${path || "(config)"}: ${message}`;
+/** Validates one backend entry (e.g. an admin API body), or throws {@linkcode ConfigError} with `field: reason` lines. */
+export function validateBackend(input: unknown): BackendConfig {
+  const result = backendSchema.safeParse(input, { error: naturalMessage });
+  if (result.success) return result.data;
+  throw new ConfigError(issueLines(result.error.issues));
 }
 
-function article(type: string): string {
-  return /^[aeiou]/.test(type) ? `an ${type}` : `a ${type}`;
+/**
+ * Error map for zod's built-in checks, used where a schema gives no message of its own:
+ * "must be a number", "is required", "must be at most 65535".
+ */
+export function naturalMessage(issue: z.core.$ZodRawIssue): string | undefined {
+  switch (issue.code) {
+    case "invalid_type":
+      if (issue.input === undefined) return "is required";
+      if (issue.expected === "int") return "must be an integer";
+      if (issue.expected === "object") return "must be a mapping";
+      if (issue.expected === "array") return "must be a list";
+      return `must be ${/^[aeiou]/.test(issue.expected) ? "an" : "a"} ${issue.expected}`;
+    case "too_big": {
+      const what = unitOf(issue.origin);
+      return issue.inclusive === false
+        ? `must be less than ${issue.maximum}${what}`
+        : `must be at most ${issue.maximum}${what}`;
+    }
+    case "too_small": {
+      const what = unitOf(issue.origin);
+      if (issue.origin === "string" && issue.minimum === 1) return "must not be empty";
+      return issue.inclusive === false
+        ? `must be greater than ${issue.minimum}${what}`
+        : `must be at least ${issue.minimum}${what}`;
+    }
+    case "invalid_value":
+      return issue.values.length === 1
+        ? `must be ${JSON.stringify(issue.values[0])}`
+        : `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}`;
+    case "invalid_union":
+      return "has an invalid value";
+    case "invalid_format":
+      return `must be a valid ${issue.format}`;
+  }
+  return undefined;
+}
+
+function unitOf(origin: string): string {
+  return origin === "array" ? " items" : origin === "string" ? " characters" : "";
+}
+
+/** One `path: reason` line per problem, e.g. `backends[1].url: must be an http:// or https:// URL`. */
+export function issueLines(issues: readonly z.core.$ZodIssue[]): string[] {
+  return issues.flatMap((issue) => {
+    let path = "";
+    for (const key of issue.path) {
+      path += typeof key === "number" ? `[${key}]` : path ? `.${String(key)}` : String(key);
+    }
+    if (issue.code === "unrecognized_keys") {
+      return issue.keys.map((k) => `${path ? path + "." : ""}${k}: unknown key`);
+    }
+    return [`${path || "(config)"}: ${issue.message}`];
+  });
 }
 
 /** Reads a YAML or JSON config file into raw input; throws ConfigError on unreadable or malformed files. */
@@ -232,7 +334,14 @@ export async function readConfigFile(path: string): Promise<Record<string, unkno
   try {
     text = await Deno.readTextFile(path);
   } catch (err) {
-    throw new ConfigError([`${path}: cannot read: ${(err as Error).message}`]);
+    const reason = err instanceof Deno.errors.NotFound
+      ? "no such file"
+      : err instanceof Deno.errors.PermissionDenied
+      ? "permission denied (run with --allow-read)"
+      : err instanceof Deno.errors.IsADirectory
+      ? "is a directory"
+      : (err as Error).message;
+    throw new ConfigError([`${path}: cannot read: ${reason}`]);
   }
   return parseConfigText(text, path);
 }
@@ -243,13 +352,24 @@ export function parseConfigText(text: string, path = "config"): Record<string, u
   try {
     data = path.endsWith(".json") ? JSON.parse(text) : parseYaml(text);
   } catch (err) {
-    throw new ConfigError([`${path}: ${(err as Error).message.split("\n")[0]}`]);
+    throw new ConfigError([syntaxError(path, err as Error)]);
   }
   if (data === null || data === undefined) return {};
   if (typeof data !== "object" || Array.isArray(data)) {
     throw new ConfigError([`${path}: must be a mapping of settings`]);
   }
   return data as Record<string, unknown>;
+}
+
+/** One line for a YAML or JSON syntax error: `file:line:column: reason` when the position is known. */
+function syntaxError(
+  path: string,
+  err: Error & { linePos?: { line: number; col: number }[] },
+): string {
+  // The yaml package appends a source excerpt after the first line and repeats the position in it.
+  const reason = err.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "");
+  const pos = err.linePos?.[0];
+  return pos ? `${path}:${pos.line}:${pos.col}: ${reason}` : `${path}: ${reason}`;
 }
 
 /** Command-line settings that override the file. */

@@ -55,7 +55,9 @@ export class Logger {
     if (LEVELS.indexOf(level) < this.#min) return;
     const time = new Date().toISOString();
     if (this.#format === "json") {
-      this.#write(JSON.stringify({ time, level, msg, ...fields }));
+      // Assigned twice so the record keeps its own time, level and msg first, whatever the fields say.
+      const record = Object.assign({ time, level, msg }, fields, { time, level, msg });
+      this.#write(JSON.stringify(record, plain));
       return;
     }
     let line = `${time} ${level.toUpperCase().padEnd(5)} ${msg}`;
@@ -66,8 +68,16 @@ export class Logger {
   }
 }
 
+// Errors stringify to {} and bigints throw; neither may cost a log line.
+function plain(_key: string, value: unknown): unknown {
+  if (value instanceof Error) return String(value);
+  if (typeof value === "bigint") return value.toString();
+  return value;
+}
+
 function formatValue(value: unknown): string {
-  const text = typeof value === "string" ? value : JSON.stringify(value);
+  const top = plain("", value);
+  const text = typeof top === "string" ? top : String(JSON.stringify(top, plain));
   return /[\s"=]/.test(text) ? JSON.stringify(text) : text;
 }
 

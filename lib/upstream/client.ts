@@ -1,6 +1,5 @@
 /** The HTTP/1.1 client: sends one request over a pooled connection and streams the response back. */
-import type { Connection } from "./connection.ts";
-import { MAX_HEAD } from "./connection.ts";
+import { type Connection, HeadTooLarge } from "./connection.ts";
 import { type ConnectionPool, describeError } from "./connection_pool.ts";
 import {
   ChunkedDecoder,
@@ -94,9 +93,7 @@ async function attempt(
     }
     if (err instanceof UpstreamError) throw err;
     if (err instanceof ParseError) throw new UpstreamError("protocol", err.message, true);
-    if (err instanceof RangeError) {
-      throw new UpstreamError("protocol", `response head larger than ${MAX_HEAD} bytes`, true);
-    }
+    if (err instanceof HeadTooLarge) throw new UpstreamError("protocol", err.message, true);
     throw new UpstreamError("reset", describeError(err), sent);
   }
 }

@@ -4,6 +4,14 @@ const INITIAL_BUFFER = 16 * 1024;
 /** Largest response head accepted from a backend. */
 export const MAX_HEAD = 64 * 1024;
 
+/** Thrown when a response head does not fit {@linkcode MAX_HEAD}. */
+export class HeadTooLarge extends Error {
+  constructor() {
+    super(`response head larger than ${MAX_HEAD} bytes`);
+    this.name = "HeadTooLarge";
+  }
+}
+
 /** A connection plus the bytes read from it but not consumed yet (buf[start, end)). */
 export class Connection {
   buf = new Uint8Array(INITIAL_BUFFER);
@@ -29,7 +37,7 @@ export class Connection {
         this.end -= this.start;
         this.start = 0;
       } else {
-        if (this.buf.length >= MAX_HEAD) throw new RangeError("read buffer full");
+        if (this.buf.length >= MAX_HEAD) throw new HeadTooLarge();
         const bigger = new Uint8Array(this.buf.length * 2);
         bigger.set(this.buf);
         this.buf = bigger;

@@ -120,6 +120,7 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
   }
   const http10 = match[1] === "0";
   const status = Number(match[2]);
+  if (status > 599) throw new ParseError(`status ${status} outside 100-599`);
   const reason = match[3] ?? "";
 
   const headers: [string, string][] = [];
@@ -168,7 +169,8 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
         continue;
       }
       case "connection":
-        connection = connectionTokens(value);
+        // Every Connection line counts: "close" on one line must not be lost to a later one.
+        for (const token of connectionTokens(value) ?? []) (connection ??= new Set()).add(token);
         continue;
       case "keep-alive":
         keepAliveHeader = true;

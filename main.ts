@@ -4,6 +4,7 @@
  *   deno run --allow-net --allow-read main.ts --config sluice.yaml
  *   deno run --allow-net main.ts --backend http://127.0.0.1:8081 --backend http://127.0.0.1:8082
  */
+import { basename, dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import denoJson from "./deno.json" with { type: "json" };
 import { startAdmin } from "./lib/admin/server.ts";
@@ -110,10 +111,16 @@ export async function main(args: string[]): Promise<number> {
   }
 
   const log = new Logger(config.log.level, config.log.format);
+  // Listen for SIGHUP before anything starts: its default action would end the process.
+  let onHangup = () => void (hangupEarly = true);
+  let hangupEarly = false;
+  const hangup = () => onHangup();
+  Deno.addSignalListener("SIGHUP", hangup);
   let balancer: Balancer;
   try {
     balancer = await startBalancer(config, log);
   } catch (err) {
+    Deno.removeSignalListener("SIGHUP", hangup);
     log.error(`cannot start: ${(err as Error).message}`);
     return 1;
   }
@@ -132,7 +139,8 @@ export async function main(args: string[]): Promise<number> {
     } catch (err) {
       balancer.stats.reloads.inc(["failure"]);
       const problems = err instanceof ConfigError ? err.problems : [String(err)];
-      log.error(`configuration rejected (${why}); keeping the previous one`, { problems });
+      log.error(`configuration rejected (${why}); keeping the previous one`);
+      for (const problem of problems) log.error(`invalid configuration: ${problem}`);
     }
   };
 
@@ -142,19 +150,23 @@ export async function main(args: string[]): Promise<number> {
   const signals: [Deno.Signal, () => void][] = [
     ["SIGINT", () => void stop()],
     ["SIGTERM", () => void stop()],
-    ["SIGHUP", () => void reload("SIGHUP")],
   ];
   for (const [signal, handler] of signals) Deno.addSignalListener(signal, handler);
+  onHangup = () => void reload("SIGHUP");
+  if (hangupEarly) onHangup();
 
   let watcher: Deno.FsWatcher | undefined;
+  let debounce: ReturnType<typeof setTimeout> | undefined;
   if (flags.watch && path) {
-    watcher = Deno.watchFs(path);
+    // Watch the directory: editors and ConfigMaps replace the file by renaming over it.
+    const file = resolve(path);
+    watcher = Deno.watchFs(dirname(file), { recursive: false });
     (async () => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      for await (const _event of watcher) {
+      for await (const event of watcher!) {
+        if (!event.paths.some((p) => p === file || basename(p).startsWith(".."))) continue;
         // Editors write in several steps; reload once they are done.
-        clearTimeout(timer);
-        timer = setTimeout(() => reload("file changed"), 200);
+        clearTimeout(debounce);
+        debounce = setTimeout(() => reload("file changed"), 200);
       }
     })();
   }
@@ -162,6 +174,8 @@ export async function main(args: string[]): Promise<number> {
   await balancer.finished;
   await stop();
   watcher?.close();
+  clearTimeout(debounce);
+  Deno.removeSignalListener("SIGHUP", hangup);
   for (const [signal, handler] of signals) Deno.removeSignalListener(signal, handler);
   return 0;
 }

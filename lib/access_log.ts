@@ -26,6 +26,11 @@ function quoted(value: string | null): string {
   return value === null ? '"-"' : JSON.stringify(value);
 }
 
+/** A bare word when it is one (printable ASCII, no quotes or backslashes), else quoted like JSON. */
+function word(value: string): string {
+  return /^[!#-[\]-~]+$/.test(value) ? value : JSON.stringify(value);
+}
+
 /** Formats a record as one JSON object. */
 export function jsonLine(r: RequestRecord): string {
   return JSON.stringify({
@@ -44,7 +49,11 @@ export function jsonLine(r: RequestRecord): string {
   });
 }
 
-/** Formats a record as "combined", followed by duration, upstream time, backend, retries and request id. */
+/**
+ * Formats a record as "combined", followed by duration, upstream time, backend, retries and
+ * request id. A client-sent id that is not a single printable word is quoted, so the line
+ * still splits into its fields.
+ */
 export function combinedLine(r: RequestRecord): string {
   const h = r.request.headers;
   return `${r.ip} - - [${clfTime(r.time)}] "${r.method} ${r.target} HTTP/1.1" ${r.status} ${
@@ -52,8 +61,8 @@ export function combinedLine(r: RequestRecord): string {
   } ${quoted(h.get("referer"))} ${quoted(h.get("user-agent"))} rt=${
     (r.durationMs / 1000).toFixed(3)
   } urt=${(r.upstreamMs / 1000).toFixed(3)} backend=${
-    r.backend?.id ?? "-"
-  } retries=${r.retries} id=${r.requestId}`;
+    word(r.backend?.id ?? "-")
+  } retries=${r.retries} id=${word(r.requestId)}`;
 }
 
 /** Writes access log lines without blocking the request path. */

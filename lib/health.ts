@@ -17,6 +17,7 @@ export interface HealthOptions {
 /** Probes every backend of a pool on its own loop; loops follow backends as they are added and removed. */
 export class HealthChecker {
   readonly #loops = new Map<Backend, AbortController>();
+  #wake = new AbortController();
   readonly #streaks = new Map<Backend, { ok: number; fail: number; probed: boolean }>();
   #expect: (status: number) => boolean;
   /** Called after every probe (dashboard, metrics). */
@@ -34,6 +35,10 @@ export class HealthChecker {
   /** Applies new settings; loops pick them up at their next probe. */
   configure(options: HealthOptions): void {
     this.options = options;
+    // Wake sleeping loops so a shorter interval applies now, not after the old one.
+    const wake = this.#wake;
+    this.#wake = new AbortController();
+    wake.abort();
     this.#expect = statusMatcher(options.expectStatus);
   }
 
@@ -79,7 +84,7 @@ export class HealthChecker {
           error: String(err),
         });
       }
-      await sleep(this.options.interval, signal);
+      await sleep(this.options.interval, AbortSignal.any([signal, this.#wake.signal]));
     }
   }
 
@@ -148,14 +153,19 @@ export class HealthChecker {
 
 /** A short cause for a failed probe: "connection refused", "connection reset", … */
 function probeError(err: unknown): string {
-  const text = String((err as Error)?.message ?? err);
+  // fetch() fails with "fetch failed"; what went wrong is in the cause chain.
+  let text = "";
+  for (let e: unknown = err, depth = 0; e !== undefined && depth < 5; depth++) {
+    text += (text ? ": " : "") + String((e as Error)?.message ?? e);
+    e = (e as Error)?.cause;
+  }
   if (/connection refused/i.test(text)) return "connection refused";
   if (/connection reset/i.test(text)) return "connection reset";
   if (/dns error|failed to lookup/i.test(text)) return "cannot resolve host";
   if (/connection closed|incomplete message|unexpected eof/i.test(text)) {
     return "connection closed";
   }
-  return text.split("\n")[0];
+  return text.split("\n")[0].replace(/^fetch failed: /, "");
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

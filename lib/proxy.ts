@@ -92,8 +92,9 @@ export class Proxy {
     const target = requestTarget(req.url);
     const ip = info.remoteAddr.hostname;
     const clientId = req.headers.get("x-request-id");
-    const requestId = clientId ?? crypto.randomUUID();
-    const forward = forwardHead(req, target, ip, "http", clientId === null ? requestId : undefined);
+    // An empty ID is as good as none.
+    const requestId = clientId || crypto.randomUUID();
+    const forward = forwardHead(req, target, ip, "http", clientId ? undefined : requestId);
     const head = forward.hasHost ? latin1Bytes(forward.text + CRLF) : undefined;
     const body = req.body ? new RequestBody(req.body, settings.retryBuffer) : null;
     const method = req.method;
@@ -206,17 +207,14 @@ export class Proxy {
       return response;
     }
     body?.cancel();
-    let response: Response;
-    if (lastError) {
-      const timeout = lastError.kind === "timeout";
-      response = textResponse(timeout ? 504 : 502, timeout ? "Gateway Timeout" : "Bad Gateway");
-    } else if (sawFull) {
-      response = textResponse(503, "Service not available", { "retry-after": "1" });
-    } else {
-      response = textResponse(503, "Service not available");
-    }
-    response.headers.set("x-request-id", requestId);
-    record.status = response.status;
+    const timeout = lastError?.kind === "timeout";
+    const [status, text] = lastError
+      ? timeout ? [504, "Gateway Timeout"] : [502, "Bad Gateway"]
+      : [503, "Service not available"];
+    const response = textResponse(status, text, { "x-request-id": requestId });
+    if (!lastError && sawFull) response.headers.set("retry-after", "1");
+    record.status = status;
+    record.bytes = text.length;
     this.#complete(record, started);
     return response;
   };

@@ -71,13 +71,16 @@ export class Connection {
     this.start = this.end = 0;
     this.idle = true;
     this.idleSince = Date.now();
+    this.#onDead = onDead;
     const pending = this.raw.read(this.buf);
     this.#pending = pending;
-    pending.then(
-      () => this.idle && onDead(this),
-      () => this.idle && onDead(this),
-    );
+    pending.then(this.#settledWhileIdle, this.#settledWhileIdle);
   }
+
+  #onDead: ((conn: Connection) => void) | undefined;
+  #settledWhileIdle = (): void => {
+    if (this.idle) this.#onDead?.(this);
+  };
 
   /** Closes the socket; safe to call twice. */
   close(): void {

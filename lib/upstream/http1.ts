@@ -42,8 +42,13 @@ export function connectionTokens(value: string | null): Set<string> | undefined 
   return tokens;
 }
 
+const utf8 = new TextEncoder();
+
 /** Encodes a string whose characters are all below U+0100 as one byte per character (ByteString). */
 export function latin1Bytes(text: string): Uint8Array {
+  // Native UTF-8 encoding is byte-for-byte the same when every character is ASCII.
+  const fast = utf8.encode(text);
+  if (fast.length === text.length) return fast;
   const out = new Uint8Array(text.length);
   for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
   return out;
@@ -128,7 +133,6 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
   let chunked = false;
   let transferEncoding = false;
   let connection: Set<string> | undefined;
-  let keepAliveHeader = false;
   // `head` ends with the last field's CRLF, so splitting leaves one empty string at the end.
   const last = lines.length - 1;
   if (last < 1 || lines[last] !== "") throw new ParseError("unterminated head");
@@ -172,9 +176,6 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
         // Every Connection line counts: "close" on one line must not be lost to a later one.
         for (const token of connectionTokens(value) ?? []) (connection ??= new Set()).add(token);
         continue;
-      case "keep-alive":
-        keepAliveHeader = true;
-        continue;
     }
     if (HOP_BY_HOP.has(name)) continue;
     headers.push([name, value]);
@@ -188,7 +189,6 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
   }
   const close = connection?.has("close") ?? false;
   let keepAlive = http10 ? (connection?.has("keep-alive") ?? false) && !close : !close;
-  void keepAliveHeader;
 
   let framing: BodyFraming;
   if (

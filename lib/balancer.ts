@@ -75,7 +75,8 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
     connectTimeout: config.timeouts.connect,
   });
   pool.slowStart = config.slowStart;
-  for (const entry of config.backends) pool.add(entry);
+  // Backends present at start need no ramp: slow start is for ones that come back or join.
+  for (const entry of config.backends) pool.add(entry).upSince = 0;
 
   let current = config;
   let version = 1;
@@ -101,12 +102,11 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
     observers: accessLog ? [stats, accessObserver] : [stats],
   });
 
-  const abort = new AbortController();
+  const stopped = Promise.withResolvers<void>();
   const { promise: listening, resolve: onListen } = Promise.withResolvers<Deno.NetAddr>();
   const server = Deno.serve({
     hostname: config.listen.host,
     port: config.listen.port,
-    signal: abort.signal,
     onListen: onListen as (addr: Deno.Addr) => void,
     onError(err) {
       log.error("request handling failed", { error: String(err) });
@@ -140,7 +140,7 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
       return version;
     },
     startedAt: stats.startedAt,
-    finished: server.finished,
+    finished: Promise.race([server.finished, stopped.promise]),
 
     reload(next: Config) {
       const ids = new Set(next.backends.map(backendId));
@@ -251,15 +251,22 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
           timeout: `${current.timeouts.drain}ms`,
         });
         health.stop();
-        const timer = setTimeout(() => {
-          log.warn("drain timeout reached, closing remaining connections");
-          abort.abort();
-        }, current.timeouts.drain);
-        await server.shutdown();
+        outlier.stop();
+        // Never abort Deno.serve's signal after shutdown(): in Deno 2.9 that throws an
+        // uncaught BadResource. Stop waiting instead; main.ts exits and cuts what is left.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const late = await Promise.race([
+          server.shutdown().then(() => false),
+          new Promise<boolean>((resolve) => {
+            timer = setTimeout(() => resolve(true), current.timeouts.drain);
+          }),
+        ]);
         clearTimeout(timer);
+        if (late) log.warn("drain timeout reached, closing remaining connections");
         pool.close();
         await accessLog?.close();
         log.info("stopped");
+        stopped.resolve();
       })();
       return stopping;
     },

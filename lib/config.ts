@@ -163,6 +163,9 @@ export const configSchema = z.strictObject({
   outlier: z.strictObject({
     consecutiveFailures: z.number().int().min(0).default(5),
     baseEjection: duration.default(30_000),
+    maxEjection: duration.default(300_000).meta({
+      description: "Upper bound on one ejection, however often the backend was ejected.",
+    }),
     maxEjectionPercent: z.number().min(0).max(100).default(50),
   }).prefault({}).meta({ description: "Passive checks: eject a backend after failures in a row." }),
   limits: z.strictObject({
@@ -426,6 +429,7 @@ export function formatConfig(config: Config): string {
     "drain",
     "ttl",
     "baseEjection",
+    "maxEjection",
     "queueTimeout",
     "slowStart",
   ]);

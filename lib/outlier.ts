@@ -8,6 +8,8 @@ export interface OutlierOptions {
   consecutiveFailures: number;
   /** Ejection time, multiplied by the number of times the backend was ejected (ms). */
   baseEjection: number;
+  /** Cap on one ejection (ms). */
+  maxEjection: number;
   /** Never eject more than this share of the pool (percent). */
   maxEjectionPercent: number;
 }
@@ -16,6 +18,8 @@ export interface OutlierOptions {
 export class OutlierDetector {
   /** Called on each ejection (metrics). */
   onEject: ((backend: Backend) => void) | undefined;
+  /** The timer that ends each backend's current ejection. */
+  readonly #timers = new Map<Backend, ReturnType<typeof setTimeout>>();
 
   constructor(readonly pool: Pool, public options: OutlierOptions, readonly log: Logger) {}
 
@@ -37,7 +41,10 @@ export class OutlierDetector {
     }
     backend.ejections++;
     backend.consecutiveFailures = 0;
-    const duration = this.options.baseEjection * backend.ejections;
+    const duration = Math.min(
+      this.options.baseEjection * backend.ejections,
+      Math.max(this.options.maxEjection, this.options.baseEjection),
+    );
     backend.ejectedUntil = Date.now() + duration;
     this.pool.update(
       backend,
@@ -45,12 +52,19 @@ export class OutlierDetector {
     );
     this.log.warn(`backend ${backend.url} is ejected for ${duration}ms: ${cause}`);
     this.onEject?.(backend);
-    const timer = setTimeout(() => this.reinstate(backend, "ejection time over"), duration);
+    // One timer per backend: an earlier ejection's timer must not end this one early.
+    this.#clearTimer(backend);
+    const timer = setTimeout(() => {
+      this.#timers.delete(backend);
+      this.reinstate(backend, "ejection time over");
+    }, duration);
     Deno.unrefTimer(timer);
+    this.#timers.set(backend, timer);
   }
 
   /** Ends an ejection early or on time. */
   reinstate(backend: Backend, reason: string): void {
+    this.#clearTimer(backend);
     if (backend.ejectedUntil === 0) return;
     backend.ejectedUntil = 0;
     const wasEjected = backend.state === "ejected";
@@ -58,5 +72,18 @@ export class OutlierDetector {
     if (wasEjected && backend.state === "up") {
       this.log.info(`backend ${backend.url} is back in rotation: ${reason}`);
     }
+  }
+
+  /** Cancels every pending ejection timer (shutdown); ejected backends stay ejected. */
+  stop(): void {
+    for (const timer of this.#timers.values()) clearTimeout(timer);
+    this.#timers.clear();
+  }
+
+  #clearTimer(backend: Backend): void {
+    const timer = this.#timers.get(backend);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    this.#timers.delete(backend);
   }
 }

@@ -120,11 +120,15 @@ export class Proxy {
     let lastError: UpstreamError | undefined;
     let held: Held | undefined; // a retryable 5xx kept in case no retry is possible
     let sawFull = false;
+    let queueDeadline = 0; // one queueTimeout in all, however often a freed slot is taken first
     let candidates = settings.selector.candidates(ctx)[Symbol.iterator]();
     for (;;) {
       const next = candidates.next();
       if (next.done) {
-        if (attempts === 0 && sawFull && (await queue.wait())) {
+        if (attempts === 0 && sawFull) queueDeadline ||= performance.now() + queue.timeout;
+        if (
+          attempts === 0 && sawFull && (await queue.wait(queueDeadline - performance.now()))
+        ) {
           sawFull = false;
           candidates = settings.selector.candidates(ctx)[Symbol.iterator]();
           continue;

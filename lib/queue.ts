@@ -11,9 +11,13 @@ export class SlotQueue {
     return this.#waiters.length;
   }
 
-  /** Waits for a slot; resolves false at once when the queue is full, or after the timeout. */
-  wait(): Promise<boolean> {
-    if (this.#waiters.length >= this.maxPending) return Promise.resolve(false);
+  /**
+   * Waits for a slot; resolves false at once when the queue is full, or after `timeout` ms
+   * (the configured `queueTimeout` by default; a request that waits again after losing a
+   * freed slot passes what is left of its own).
+   */
+  wait(timeout = this.timeout): Promise<boolean> {
+    if (this.#waiters.length >= this.maxPending || timeout <= 0) return Promise.resolve(false);
     return new Promise((resolve) => {
       const wake = () => {
         clearTimeout(timer);
@@ -23,7 +27,7 @@ export class SlotQueue {
         const i = this.#waiters.indexOf(wake);
         if (i !== -1) this.#waiters.splice(i, 1);
         resolve(false);
-      }, this.timeout);
+      }, timeout);
       this.#waiters.push(wake);
     });
   }

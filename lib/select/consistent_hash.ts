@@ -85,15 +85,20 @@ export function consistentHash(pool: Pool, hashKey: string): Selector {
   const fallback = roundRobin(pool);
   let ring: HashRing | undefined;
   let shape = "";
+  let version = -1;
   return {
     candidates(ctx) {
       const key = extract(ctx);
       if (key === undefined) return fallback.candidates(ctx);
-      // Rebuild only when the set of backends or their weights change, not on health flips.
-      const now = pool.backends.map((b) => `${b.id}=${b.weight}`).join(",");
-      if (!ring || now !== shape) {
-        ring = new HashRing(pool.backends);
-        shape = now;
+      // Rebuild only when the set of backends or their weights change, not on health flips
+      // (those bump the pool's version too, so the shape is compared only then).
+      if (!ring || version !== pool.version) {
+        version = pool.version;
+        const now = pool.backends.map((b) => `${b.id}=${b.weight}`).join(",");
+        if (!ring || now !== shape) {
+          ring = new HashRing(pool.backends);
+          shape = now;
+        }
       }
       return ring.walk(key);
     },

@@ -1,28 +1,41 @@
-/** `least-connections`: fewest in-flight requests relative to weight, ties broken round robin. */
+/** `least-connections`: fewest in-flight requests relative to weight, ties broken by (weighted) round robin. */
 import type { Backend, Pool } from "../pool.ts";
 import { Available, load, type Selector } from "./types.ts";
 
-/** Prefers the backend with the lowest (in-flight + 1) / weight; fallbacks in order of load. */
+/**
+ * Prefers the backend with the fewest in-flight requests per unit of effective weight.
+ * Among backends tied on that (an idle pool, say), the choice goes round robin, weighted
+ * like smooth weighted round robin (nginx's `least_conn`): equal weights rotate strictly,
+ * unequal ones share in proportion, and a backend in slow start gets its ramped share.
+ * Fallbacks follow in order of load.
+ */
 export function leastConnections(pool: Pool): Selector {
   const available = new Available(pool);
-  let offset = 0;
+  const current = new WeakMap<Backend, number>();
   return {
     candidates() {
       const list = available.list;
       const n = list.length;
       if (n === 0) return [];
       const now = Date.now();
-      const start = offset++ % n;
-      let best = list[start];
-      let bestLoad = load(pool, best, now);
-      for (let i = 1; i < n; i++) {
-        const b = list[(start + i) % n];
-        const l = load(pool, b, now);
-        if (l < bestLoad) {
+      const weights = list.map((b) => pool.effectiveWeight(b, now));
+      let least = Infinity;
+      for (let i = 0; i < n; i++) least = Math.min(least, list[i].inflight / weights[i]);
+      let total = 0;
+      let best = list[0];
+      let bestScore = -Infinity;
+      for (let i = 0; i < n; i++) {
+        const b = list[i];
+        if (b.inflight / weights[i] !== least) continue;
+        const score = (current.get(b) ?? 0) + weights[i];
+        current.set(b, score);
+        total += weights[i];
+        if (score > bestScore) {
+          bestScore = score;
           best = b;
-          bestLoad = l;
         }
       }
+      current.set(best, bestScore - total);
       return byLoad(pool, best, list, now);
     },
   };

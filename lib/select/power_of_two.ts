@@ -4,7 +4,10 @@ import { byLoad } from "./least_connections.ts";
 import { randomPick } from "./random.ts";
 import { Available, type Selector } from "./types.ts";
 
-/** Picks two distinct backends at random (weighted) and returns the better by `score`, lowest wins. */
+/**
+ * Picks two distinct backends at random (weighted) and returns the better by `score`,
+ * lowest wins; on a tie the first pick stays, so an idle pool is shared in proportion to weight.
+ */
 export function twoChoices(
   pool: Pool,
   list: readonly Backend[],
@@ -19,7 +22,11 @@ export function twoChoices(
   return score(b) < score(a) ? b : a;
 }
 
-/** Power of two choices on in-flight requests per unit of weight. */
+/**
+ * Power of two choices on in-flight requests per unit of (effective) weight. The score has
+ * no "+1": two idle backends tie, and the weighted first pick decides. (With "+1" the
+ * heavier of any pair would always win at low load, starving the lighter backends.)
+ */
 export function powerOfTwo(pool: Pool): Selector {
   const available = new Available(pool);
   return {
@@ -31,7 +38,7 @@ export function powerOfTwo(pool: Pool): Selector {
         pool,
         list,
         now,
-        (b) => (b.inflight + 1) / pool.effectiveWeight(b, now),
+        (b) => b.inflight / pool.effectiveWeight(b, now),
       );
       return byLoad(pool, best, list, now);
     },

@@ -68,12 +68,20 @@ async function attempt(
   finish: Finish,
 ): Promise<{ response: Response; head: ResponseHead }> {
   let sent = false;
-  const timer = deadline(request.responseTimeout, () => pool.discard(conn));
+  const onTimeout = () => pool.discard(conn);
+  let timer = deadline(request.responseTimeout, onTimeout);
+  let waiting = true; // for the response head
+  // While the body is being sent, the deadline counts from the latest body write.
+  const progress = () => {
+    if (!waiting) return;
+    cancel(timer);
+    timer = deadline(request.responseTimeout, onTimeout);
+  };
   let pump: Promise<boolean> | undefined;
   try {
     await conn.write(request.head);
     sent = true;
-    if (request.body) pump = sendBody(conn, request.body, request.chunked);
+    if (request.body) pump = sendBody(conn, request.body, request.chunked, progress);
     let head: ResponseHead;
     for (;;) {
       head = await readHead(conn, request.method);
@@ -82,10 +90,12 @@ async function attempt(
       if (head.status === 101) throw new ParseError("unexpected 101 Switching Protocols");
       // 1xx interim responses (100 Continue, 103 Early Hints) are skipped.
     }
+    waiting = false;
     cancel(timer);
     const response = buildResponse(pool, conn, head, request.responseHeaders, pump, finish);
     return { response, head };
   } catch (err) {
+    waiting = false;
     cancel(timer);
     pool.discard(conn);
     if (timer.expired) {
@@ -103,6 +113,12 @@ async function readHead(conn: Connection, method: string): Promise<ResponseHead>
   for (;;) {
     const end = findHeadEnd(conn.buf, scanned, conn.end);
     if (end !== -1) return parseResponseHead(conn.buf.subarray(conn.start, end - 2), method);
+    // A head with bare LF line endings never contains CRLFCRLF: reject it instead of waiting.
+    for (let i = Math.max(scanned, conn.start); i < conn.end; i++) {
+      if (conn.buf[i] === 10 && (i === conn.start || conn.buf[i - 1] !== 13)) {
+        throw new ParseError("bare LF in response head");
+      }
+    }
     scanned = Math.max(conn.start, conn.end - 3);
     const before = conn.start;
     const n = await conn.fill();
@@ -120,7 +136,12 @@ async function readHead(conn: Connection, method: string): Promise<ResponseHead>
 }
 
 /** Writes the body; resolves true when all of it was sent, false if the client's body failed. */
-async function sendBody(conn: Connection, body: RequestBody, chunked: boolean): Promise<boolean> {
+async function sendBody(
+  conn: Connection,
+  body: RequestBody,
+  chunked: boolean,
+  progress: () => void,
+): Promise<boolean> {
   try {
     for await (const chunk of body.chunks()) {
       if (chunk.length === 0) continue;
@@ -141,8 +162,10 @@ async function sendBody(conn: Connection, body: RequestBody, chunked: boolean): 
       } else {
         await conn.write(chunk);
       }
+      progress();
     }
     if (chunked) await conn.write(LAST_CHUNK);
+    progress();
     return true;
   } catch {
     // The client aborted its upload or the backend stopped reading: this connection is done.

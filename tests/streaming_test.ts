@@ -1,0 +1,293 @@
+/** Bodies stream through the balancer in both directions, with bounded memory. */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { startTestBalancer, waitFor } from "./helpers.ts";
+import {
+  block,
+  blocksDigest,
+  RawClient,
+  rss,
+  scriptedBackend,
+  spawnBalancer,
+  within,
+} from "./proxy_helpers.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+Deno.test("the client gets the first response chunk before the backend sent the last", async () => {
+  const release = Promise.withResolvers<void>();
+  let released = false;
+  const backend = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    if (new URL(req.url).pathname !== "/stream") return new Response("ok");
+    const body = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        controller.enqueue(encoder.encode("first chunk;"));
+        await release.promise;
+        controller.enqueue(encoder.encode("the rest"));
+        controller.close();
+      },
+    });
+    return new Response(body);
+  });
+  try {
+    await using lb = await startTestBalancer({
+      backends: [{ url: `http://127.0.0.1:${backend.addr.port}` }],
+    });
+    const res = await within(fetch(`${lb.url}/stream`), 10_000, "the response head");
+    assert.equal(res.status, 200);
+    const reader = res.body!.getReader();
+    const first = await within(reader.read(), 10_000, "the first chunk while the backend waits");
+    assert.equal(released, false);
+    assert.equal(decoder.decode(first.value), "first chunk;");
+    released = true;
+    release.resolve();
+    let rest = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      rest += decoder.decode(value, { stream: true });
+    }
+    assert.equal(rest, "the rest");
+  } finally {
+    release.resolve();
+    await backend.shutdown();
+  }
+});
+
+Deno.test("a Content-Length response streams too: half arrives before the backend sends the rest", async () => {
+  const release = Promise.withResolvers<void>();
+  const backend = scriptedBackend(() => ({
+    reply: "HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n0123456789",
+    more: async (write) => {
+      await release.promise;
+      await write("abcdefghij");
+    },
+  }));
+  try {
+    await using lb = await startTestBalancer({ backends: [{ url: backend.url }] });
+    const res = await within(fetch(lb.url), 10_000, "the response head");
+    assert.equal(res.headers.get("content-length"), "20");
+    const reader = res.body!.getReader();
+    const first = await within(reader.read(), 10_000, "the first half while the backend waits");
+    assert.equal(decoder.decode(first.value), "0123456789");
+    release.resolve();
+    let rest = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      rest += decoder.decode(value);
+    }
+    assert.equal(rest, "abcdefghij");
+  } finally {
+    release.resolve();
+    await backend.close();
+  }
+});
+
+Deno.test("the backend gets the first chunk of an upload before the client sent the rest", async () => {
+  const firstArrived = Promise.withResolvers<string>();
+  const backend = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    if (!req.body) return new Response("ok");
+    let text = "";
+    let first = true;
+    for await (const chunk of req.body) {
+      text += decoder.decode(chunk, { stream: true });
+      if (first) firstArrived.resolve(text);
+      first = false;
+    }
+    return Response.json({ text });
+  });
+  try {
+    await using lb = await startTestBalancer({
+      backends: [{ url: `http://127.0.0.1:${backend.addr.port}` }],
+    });
+    using client = await RawClient.connect(lb.balancer.addr.port);
+    await client.send(
+      "POST /upload HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: chunked\r\n\r\n" +
+        "6\r\nfirst;\r\n",
+    );
+    // The rest is not sent until the backend has the first chunk.
+    const seen = await within(firstArrived.promise, 10_000, "the backend to get the first chunk");
+    assert.equal(seen, "first;");
+    await client.send("8\r\nthe rest\r\n0\r\n\r\n");
+    const res = await within(client.readResponse(), 10_000, "the response");
+    assert.equal(res.status, 200);
+    assert.deepEqual(JSON.parse(res.text()), { text: "first;the rest" });
+  } finally {
+    firstArrived.resolve("");
+    await backend.shutdown();
+  }
+});
+
+const BLOCK = 64 * 1024;
+const BLOCKS = 800; // 50 MiB
+const MB = 1024 * 1024;
+/** Growth of the balancer's RSS allowed while a 50 MB transfer is held up mid-way. */
+const RSS_LIMIT = 40 * MB;
+/** Bytes a streaming proxy may let the sender get ahead by (socket buffers, one chunk per stage). */
+const AHEAD_LIMIT = 25 * MB;
+
+/** Polls `get` until it has not changed for `quiet` ms (the transfer is held up); returns the value. */
+async function settled(get: () => number, quiet = 500, timeout = 30_000): Promise<number> {
+  const deadline = Date.now() + timeout;
+  let value = get();
+  let since = Date.now();
+  while (Date.now() - since < quiet) {
+    if (Date.now() > deadline) throw new Error(`still moving after ${timeout}ms (${value})`);
+    await new Promise((r) => setTimeout(r, 50));
+    if (get() !== value) {
+      value = get();
+      since = Date.now();
+    }
+  }
+  return value;
+}
+
+/** main.ts in front of `backend`, warmed up, with its RSS baseline. */
+async function balancerFor(backend: Deno.HttpServer<Deno.NetAddr>) {
+  const lb = await spawnBalancer([
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--backend",
+    `http://127.0.0.1:${backend.addr.port}`,
+  ]);
+  for (let i = 0; i < 3; i++) {
+    const warm = await fetch(`${lb.url}/warm`, { method: "POST", body: block(i, BLOCK) });
+    assert.equal(await warm.text(), "ok");
+  }
+  return { lb, baseline: await rss(lb.pid) };
+}
+
+const mb = (n: number) => `${(n / MB).toFixed(1)} MB`;
+
+Deno.test("a 50 MB download through main.ts streams: a paused client holds the backend back", async () => {
+  let produced = 0;
+  const backend = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    if (new URL(req.url).pathname !== "/download") {
+      await req.body?.cancel();
+      return new Response("ok");
+    }
+    let i = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (i === BLOCKS) return controller.close();
+        controller.enqueue(block(i++, BLOCK));
+        produced += BLOCK;
+      },
+    }, { highWaterMark: 0 });
+    return new Response(body, { headers: { "content-length": String(BLOCKS * BLOCK) } });
+  });
+  try {
+    const { lb, baseline } = await balancerFor(backend);
+    await using _lb = lb;
+    const res = await fetch(`${lb.url}/download`);
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get("content-length"), String(BLOCKS * BLOCK));
+    const reader = res.body!.getReader();
+    const hash = createHash("sha256");
+    let length = 0;
+    while (length < MB) {
+      const { value } = await reader.read();
+      hash.update(value!);
+      length += value!.length;
+    }
+    // The client stops reading: a streaming balancer stops reading from the backend too.
+    const ahead = await settled(() => produced);
+    const grown = (await rss(lb.pid)) - baseline;
+    assert.ok(ahead < AHEAD_LIMIT, `the backend got ${mb(ahead)} ahead of a paused client`);
+    assert.ok(grown < RSS_LIMIT, `RSS grew by ${mb(grown)} while holding a paused download`);
+
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      hash.update(value);
+      length += value.length;
+    }
+    assert.deepEqual({ length, sha256: hash.digest("hex") }, blocksDigest(BLOCKS, BLOCK));
+  } finally {
+    await backend.shutdown();
+  }
+});
+
+Deno.test("a 50 MB upload through main.ts streams: a paused backend holds the client back", async () => {
+  const resume = Promise.withResolvers<void>();
+  let consumed = 0;
+  const backend = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    if (new URL(req.url).pathname !== "/upload" || !req.body) {
+      await req.body?.cancel();
+      return new Response("ok");
+    }
+    const hash = createHash("sha256");
+    for await (const chunk of req.body) {
+      hash.update(chunk);
+      consumed += chunk.length;
+      if (consumed >= MB) await resume.promise; // stop reading after the first MB
+    }
+    return Response.json({ length: consumed, sha256: hash.digest("hex") });
+  });
+  try {
+    const { lb, baseline } = await balancerFor(backend);
+    await using _lb = lb;
+    let pulled = 0;
+    let i = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (i === BLOCKS) return controller.close();
+        controller.enqueue(block(i++, BLOCK));
+        pulled += BLOCK;
+      },
+    }, { highWaterMark: 0 });
+    const response = fetch(`${lb.url}/upload`, { method: "POST", body });
+    await waitFor(() => consumed >= MB, "the backend to read the first MB");
+    // The backend stops reading: a streaming balancer stops reading from the client too.
+    const ahead = await settled(() => pulled);
+    const grown = (await rss(lb.pid)) - baseline;
+    assert.ok(ahead < AHEAD_LIMIT, `the client got ${mb(ahead)} ahead of a paused backend`);
+    assert.ok(grown < RSS_LIMIT, `RSS grew by ${mb(grown)} while holding a paused upload`);
+
+    resume.resolve();
+    const res = await response;
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), blocksDigest(BLOCKS, BLOCK));
+  } finally {
+    resume.resolve();
+    await backend.shutdown();
+  }
+});
+
+Deno.test("a 50 MB upload with Content-Length arrives intact", async () => {
+  const body = new Uint8Array(BLOCKS * BLOCK);
+  for (let i = 0; i < BLOCKS; i++) body.set(block(i, BLOCK), i * BLOCK);
+  const backend = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    if (!req.body) return new Response("ok");
+    const hash = createHash("sha256");
+    let length = 0;
+    for await (const chunk of req.body) {
+      hash.update(chunk);
+      length += chunk.length;
+    }
+    return Response.json({
+      length,
+      sha256: hash.digest("hex"),
+      declared: req.headers.get("content-length"),
+      chunked: req.headers.get("transfer-encoding"),
+    });
+  });
+  try {
+    await using lb = await startTestBalancer({
+      backends: [{ url: `http://127.0.0.1:${backend.addr.port}` }],
+    });
+    const res = await fetch(`${lb.url}/upload`, { method: "PUT", body });
+    const got = await res.json();
+    assert.deepEqual(got, {
+      ...blocksDigest(BLOCKS, BLOCK),
+      declared: String(body.length),
+      chunked: null,
+    });
+  } finally {
+    await backend.shutdown();
+  }
+});

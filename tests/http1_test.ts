@@ -186,7 +186,7 @@ Deno.test("obsolete line folding is refused", () => {
 });
 
 Deno.test("bare LF or CR line ends are refused", () => {
-  rejects("HTTP/1.1 200 OK\nContent-Length: 0\r\n", /status line/);
+  rejects("HTTP/1.1 200 OK\nContent-Length: 0\r\n", /bare CR or LF/);
   rejects("HTTP/1.1 200 OK\r\nX-A: 1\nContent-Length: 0\r\n", /bare CR or LF/);
   rejects("HTTP/1.1 200 OK\r\nX-A: 1\rX-B: 2\r\nContent-Length: 0\r\n", /bare CR or LF/);
   rejects("HTTP/1.1 200 OK\r\nContent-Length: 0", /unterminated/);

@@ -68,32 +68,56 @@ async function attempt(
   finish: Finish,
 ): Promise<{ response: Response; head: ResponseHead }> {
   let sent = false;
-  const onTimeout = () => pool.discard(conn);
-  let timer = deadline(request.responseTimeout, onTimeout);
+  let timer = deadline(request.responseTimeout, () => pool.discard(conn));
   let waiting = true; // for the response head
-  // While the body is being sent, the deadline counts from the latest body write.
-  const progress = () => {
-    if (!waiting) return;
-    cancel(timer);
-    timer = deadline(request.responseTimeout, onTimeout);
-  };
   let pump: Promise<boolean> | undefined;
   try {
-    await conn.write(request.head);
+    const head = request.head;
+    const n = await conn.raw.write(head);
     sent = true;
-    if (request.body) pump = sendBody(conn, request.body, request.chunked, progress);
-    let head: ResponseHead;
+    if (n < head.length) await conn.write(head.subarray(n));
+    if (request.body) {
+      // While the body is being sent, the deadline counts from the latest body write.
+      const progress = () => {
+        if (!waiting) return;
+        cancel(timer);
+        timer = deadline(request.responseTimeout, () => pool.discard(conn));
+      };
+      pump = sendBody(conn, request.body, request.chunked, progress);
+    }
+    let response: ResponseHead | undefined;
+    let scanned = conn.start;
     for (;;) {
-      head = await readHead(conn, request.method);
-      conn.start += head.size;
-      if (head.status >= 200) break;
-      if (head.status === 101) throw new ParseError("unexpected 101 Switching Protocols");
+      const end = findHeadEnd(conn.buf, scanned, conn.end);
+      if (end === -1) {
+        rejectBareLf(conn, scanned);
+        scanned = Math.max(conn.start, conn.end - 3);
+        const before = conn.start;
+        if ((await conn.fill()) === null) {
+          throw new UpstreamError(
+            "reset",
+            conn.end > conn.start
+              ? "connection closed inside the response head"
+              : "connection closed before a response",
+            true,
+          );
+        }
+        scanned += conn.start - before; // fill() may have moved the buffered bytes to the front
+        continue;
+      }
+      response = parseResponseHead(conn.buf.subarray(conn.start, end - 2), request.method);
+      conn.start = end;
+      scanned = end;
+      if (response.status >= 200) break;
+      if (response.status === 101) throw new ParseError("unexpected 101 Switching Protocols");
       // 1xx interim responses (100 Continue, 103 Early Hints) are skipped.
     }
     waiting = false;
     cancel(timer);
-    const response = buildResponse(pool, conn, head, request.responseHeaders, pump, finish);
-    return { response, head };
+    return {
+      response: buildResponse(pool, conn, response, request.responseHeaders, pump, finish),
+      head: response,
+    };
   } catch (err) {
     waiting = false;
     cancel(timer);
@@ -108,30 +132,13 @@ async function attempt(
   }
 }
 
-async function readHead(conn: Connection, method: string): Promise<ResponseHead> {
-  let scanned = conn.start;
-  for (;;) {
-    const end = findHeadEnd(conn.buf, scanned, conn.end);
-    if (end !== -1) return parseResponseHead(conn.buf.subarray(conn.start, end - 2), method);
-    // A head with bare LF line endings never contains CRLFCRLF: reject it instead of waiting.
-    for (let i = Math.max(scanned, conn.start); i < conn.end; i++) {
-      if (conn.buf[i] === 10 && (i === conn.start || conn.buf[i - 1] !== 13)) {
-        throw new ParseError("bare LF in response head");
-      }
+/** A head with bare LF line endings never contains CRLFCRLF: reject it instead of waiting. */
+function rejectBareLf(conn: Connection, from: number): void {
+  const buf = conn.buf;
+  for (let i = Math.max(from, conn.start); i < conn.end; i++) {
+    if (buf[i] === 10 && (i === conn.start || buf[i - 1] !== 13)) {
+      throw new ParseError("bare LF in response head");
     }
-    scanned = Math.max(conn.start, conn.end - 3);
-    const before = conn.start;
-    const n = await conn.fill();
-    if (n === null) {
-      throw new UpstreamError(
-        "reset",
-        conn.end > conn.start
-          ? "connection closed inside the response head"
-          : "connection closed before a response",
-        true,
-      );
-    }
-    scanned += conn.start - before; // fill() may have moved the buffered bytes to the front
   }
 }
 
@@ -182,12 +189,15 @@ function buildResponse(
   pump: Promise<boolean> | undefined,
   finish: Finish,
 ): Response {
-  let headers = head.headers;
-  if (extra.length) {
-    headers = headers.filter(([name]) =>
-      name === "set-cookie" || !extra.some((e) => e[0] === name)
-    );
-    headers.push(...extra);
+  const headers = head.headers;
+  for (let i = 0; i < extra.length; i++) {
+    const name = extra[i][0];
+    if (name !== "set-cookie") {
+      for (let j = 0; j < headers.length; j++) {
+        if (headers[j][0] === name) headers.splice(j--, 1);
+      }
+    }
+    headers.push(extra[i]);
   }
   const init = { status: head.status, statusText: head.reason, headers };
 

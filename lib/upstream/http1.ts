@@ -110,15 +110,25 @@ export function findHeadEnd(buf: Uint8Array, from: number, to: number): number {
  * single unambiguous body length. `head` excludes the final empty line.
  */
 export function parseResponseHead(head: Uint8Array, requestMethod: string): ResponseHead {
-  for (let i = 0; i < head.length; i++) {
+  // One pass over the bytes: no control characters, and CR and LF only as CRLF pairs.
+  const len = head.length;
+  for (let i = 0; i < len; i++) {
     const b = head[i];
-    if ((b < 0x20 && b !== 9 && b !== 10 && b !== 13) || b === 0x7f) {
+    if (b < 0x20 || b === 0x7f) {
+      if (b === 13 && head[i + 1] === 10) {
+        i++;
+        continue;
+      }
+      if (b === 9) continue;
+      if (b === 10 || b === 13) throw new ParseError("bare CR or LF in head");
       throw new ParseError(`control character 0x${b.toString(16)} in response head`);
     }
   }
+  // `head` ends with the last line's CRLF.
+  if (len < 2 || head[len - 2] !== 13) throw new ParseError("unterminated head");
   const text = latin1String(head);
-  const lines = text.split("\r\n");
-  const statusLine = lines[0];
+  let eol = text.indexOf("\r\n");
+  const statusLine = text.slice(0, eol);
   const match = STATUS_LINE.exec(statusLine);
   if (!match) {
     throw new ParseError(`malformed status line ${JSON.stringify(statusLine.slice(0, 80))}`);
@@ -133,21 +143,18 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
   let chunked = false;
   let transferEncoding = false;
   let connection: Set<string> | undefined;
-  // `head` ends with the last field's CRLF, so splitting leaves one empty string at the end.
-  const last = lines.length - 1;
-  if (last < 1 || lines[last] !== "") throw new ParseError("unterminated head");
-  for (let i = 1; i < last; i++) {
-    const line = lines[i];
-    if (line.includes("\r") || line.includes("\n")) throw new ParseError("bare CR or LF in head");
-    const colon = line.indexOf(":");
-    if (colon <= 0) {
-      throw new ParseError(`malformed header line ${JSON.stringify(line.slice(0, 80))}`);
+  for (let pos = eol + 2; pos < len; pos = eol + 2) {
+    eol = text.indexOf("\r\n", pos);
+    const colon = text.indexOf(":", pos);
+    if (colon <= pos || colon > eol) {
+      throw new ParseError(
+        `malformed header line ${JSON.stringify(text.slice(pos, eol).slice(0, 80))}`,
+      );
     }
-    const name = line.slice(0, colon).toLowerCase();
-    if (!TOKEN.test(name)) {
-      throw new ParseError(`invalid header name ${JSON.stringify(line.slice(0, colon))}`);
-    }
-    const value = line.slice(colon + 1).trim();
+    const raw = text.slice(pos, colon);
+    if (!TOKEN.test(raw)) throw new ParseError(`invalid header name ${JSON.stringify(raw)}`);
+    const name = raw.toLowerCase();
+    const value = text.slice(colon + 1, eol).trim();
     switch (name) {
       case "content-length": {
         for (const part of value.split(",")) {

@@ -4,7 +4,7 @@
  *   deno run --allow-net --allow-read --allow-write --allow-run --allow-env bench/bench.ts \
  *     [--duration 8] [--warmup 2] [--connections 64] [--threads 2] [--loadgen wrk|autocannon]
  *     [--rounds 1] [--backend-procs 1|3] [--no-install] [--no-write] [--out docs/benchmark.md]
- *     [--time-limit SECONDS]
+ *     [--time-limit SECONDS] [--no-pin]
  *
  * Every server runs as a child process on 127.0.0.1 and is stopped at the end, on error, on
  * SIGINT/SIGTERM and when the time limit is hit. The table goes to stdout and to docs/benchmark.md.
@@ -14,6 +14,15 @@ import { parseArgs } from "node:util";
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 const AUTOCANNON = "npm:autocannon@9.0.0";
 const HELLO = /^Hello from backend server on port: (\d+)/;
+
+/**
+ * With two or more cores and taskset, each proxy under test gets core 1 to itself while the
+ * backends and the load generator share core 0: every proxy is measured on exactly one core,
+ * and the rows do not disturb each other through the scheduler. `--no-pin` turns this off.
+ */
+function pinned(core: 0 | 1, cmd: string, args: string[]): [string, string[]] {
+  return PIN ? ["taskset", ["-c", String(core), cmd, ...args]] : [cmd, args];
+}
 
 // ---------------------------------------------------------------- options
 
@@ -29,6 +38,7 @@ const { values: opts } = parseArgs({
     "backend-procs": { type: "string", default: "1" },
     "no-install": { type: "boolean", default: false },
     "no-write": { type: "boolean", default: false },
+    "no-pin": { type: "boolean", default: false },
     out: { type: "string", default: `${ROOT}/docs/benchmark.md` },
     rounds: { type: "string", default: "1" },
     "time-limit": { type: "string" },
@@ -39,7 +49,7 @@ if (opts.help) {
   console.log(
     "usage: bench.ts [--duration 8] [--warmup 2] [--connections 64] [--threads 2] " +
       "[--loadgen wrk|autocannon] [--rounds 1] [--backend-procs 1|3] [--no-install] " +
-      "[--no-write] [--out docs/benchmark.md] [--time-limit S]   (durations in seconds)",
+      "[--no-write] [--no-pin] [--out docs/benchmark.md] [--time-limit S]   (durations in seconds)",
   );
   Deno.exit(0);
 }
@@ -59,6 +69,14 @@ const CONNECTIONS = positive("connections", opts.connections);
 const THREADS = positive("threads", opts.threads);
 const BACKEND_PROCS = positive("backend-procs", opts["backend-procs"]);
 const ROUNDS = positive("rounds", opts.rounds);
+const PIN = !opts["no-pin"] && navigator.hardwareConcurrency >= 2 &&
+  (() => {
+    try {
+      return new Deno.Command("taskset", { args: ["-c", "0", "true"] }).outputSync().success;
+    } catch {
+      return false;
+    }
+  })();
 /** 8 rows, each: start + warm-up + run + stop; plus setup. */
 const TIME_LIMIT = opts["time-limit"] === undefined
   ? 60 + ROUNDS * 8 * (WARMUP + DURATION + 12)
@@ -211,8 +229,9 @@ class Child {
     readonly name: string,
     cmd: string,
     args: string[],
-    extra: { cwd?: string; env?: Record<string, string> } = {},
+    extra: { cwd?: string; env?: Record<string, string>; core?: 0 | 1 } = {},
   ) {
+    if (extra.core !== undefined) [cmd, args] = pinned(extra.core, cmd, args);
     this.proc = new Deno.Command(cmd, {
       args,
       cwd: extra.cwd,
@@ -383,7 +402,8 @@ function wrkGen(path: string, version: string): LoadGen {
     version,
     settings: (s) => `wrk ${args(s).join(" ")}`,
     async measure(url, seconds) {
-      const out = await run(path, [...args(seconds), url], (seconds + 15) * 1000);
+      const [cmd, wrkArgs] = pinned(0, path, [...args(seconds), url]);
+      const out = await run(cmd, wrkArgs, (seconds + 15) * 1000);
       if (!out.ok) {
         throw new Error(`wrk failed (${out.code}): ${(out.stderr || out.stdout).trim()}`);
       }
@@ -463,7 +483,7 @@ async function startBackends(): Promise<void> {
       `${ROOT}/backend.ts`,
       "--ports",
       ports.join(","),
-    ], { cwd: ROOT });
+    ], { cwd: ROOT, core: 0 });
     await child.waitForLines(/^backend listening on /, ports.length, 60_000);
   }));
 }
@@ -492,7 +512,7 @@ function startSluice(strategy: string, accessLog: boolean): Target {
     ...sluicePerms,
     `${ROOT}/main.ts`,
     ...args,
-  ], { cwd: ROOT });
+  ], { cwd: ROOT, core: 1 });
   return { url: `http://127.0.0.1:${port}/`, child };
 }
 
@@ -527,6 +547,7 @@ async function startNginx(bin: string, workers: string): Promise<Target> {
     `${dir}/nginx.conf`,
   ], 10_000);
   if (!test.ok) throw new Error(`nginx -t rejected the config:\n${test.stderr.trim()}`);
+  // One worker shares core 1 like every other proxy; "auto" gets the whole machine.
   const child = new Child(`nginx (${workers})`, bin, [
     "-p",
     dir,
@@ -534,7 +555,7 @@ async function startNginx(bin: string, workers: string): Promise<Target> {
     `${dir}/error.log`,
     "-c",
     `${dir}/nginx.conf`,
-  ]);
+  ], workers === "1" ? { core: 1 } : {});
   return { url: `http://127.0.0.1:${port}/`, child };
 }
 
@@ -546,7 +567,7 @@ async function startHaproxy(bin: string): Promise<Target> {
     SERVERS: backendPorts.map((p, i) => `  server b${i + 1} 127.0.0.1:${p}`).join("\n"),
   });
   await Deno.writeTextFile(`${tmp}/haproxy.cfg`, cfg);
-  const child = new Child("haproxy", bin, ["-db", "-f", `${tmp}/haproxy.cfg`]);
+  const child = new Child("haproxy", bin, ["-db", "-f", `${tmp}/haproxy.cfg`], { core: 1 });
   return { url: `http://127.0.0.1:${port}/`, child };
 }
 
@@ -864,8 +885,11 @@ async function report(
     }; every proxy balances over the same 3; sluice logs at warn`,
   );
   lines.push(
-    "- Everything (load generator, proxy, backends) shares the same cores: compare rows, " +
-      "not absolute numbers.",
+    PIN
+      ? "- Cores: each proxy under test runs alone on core 1 (taskset); backends and the load " +
+        "generator share core 0; nginx `auto` is not pinned. Compare rows, not absolute numbers."
+      : "- Everything (load generator, proxy, backends) shares the same cores: compare rows, " +
+        "not absolute numbers.",
   );
   lines.push("");
   lines.push("| # | Target | Requests/s | p50 | p99 | vs nginx (1 worker) | Check |");

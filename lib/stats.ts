@@ -16,8 +16,6 @@ const METHODS = new Set([
   "CONNECT",
 ]);
 const STATES: BackendState[] = ["up", "down", "ejected", "draining", "disabled"];
-/** How long a client connection counts as open after its last request (Deno.serve reports no closes). */
-const CONNECTION_WINDOW = 60_000;
 
 /** Metric families and the observer that feeds them. */
 export class Stats implements ProxyObserver {
@@ -31,7 +29,6 @@ export class Stats implements ProxyObserver {
   readonly retries: Counter;
   readonly ejections: Counter;
   readonly reloads: Counter;
-  readonly #clients = new Map<string, number>();
   readonly startedAt = Date.now();
 
   constructor(readonly pool: Pool, readonly configVersion: () => number) {
@@ -83,6 +80,9 @@ export class Stats implements ProxyObserver {
         "outcome",
       ]),
     );
+    // Series that exist from the start, so rate() and alerts see 0 rather than nothing.
+    this.reloads.inc(["success"], 0);
+    this.reloads.inc(["failure"], 0);
     r.add(
       new Gauge(
         "sluice_backend_up",
@@ -136,14 +136,6 @@ export class Stats implements ProxyObserver {
     );
     r.add(
       new Gauge(
-        "sluice_client_connections",
-        "Client connections on the traffic port that sent a request in the last minute.",
-        [],
-        () => [[[], this.clientConnections()] as const],
-      ),
-    );
-    r.add(
-      new Gauge(
         "sluice_config_version",
         "Version of the configuration in force (1 at start, +1 per applied reload).",
         [],
@@ -158,19 +150,6 @@ export class Stats implements ProxyObserver {
         () => [[[], this.startedAt / 1000] as const],
       ),
     );
-  }
-
-  /** Notes a client connection (address and port) as active. */
-  client(addr: Deno.NetAddr, now: number): void {
-    this.#clients.set(addr.hostname + ":" + addr.port, now);
-  }
-
-  /** Client connections seen in the last minute. */
-  clientConnections(now = Date.now()): number {
-    for (const [key, seen] of this.#clients) {
-      if (now - seen > CONNECTION_WINDOW) this.#clients.delete(key);
-    }
-    return this.#clients.size;
   }
 
   /** ProxyObserver: a request finished. */
@@ -199,6 +178,13 @@ export class Stats implements ProxyObserver {
 
   /** Prometheus exposition text. */
   render(): string {
+    for (const b of this.pool.backends) {
+      const id = [b.id];
+      this.retries.inc(id, 0);
+      this.ejections.inc(id, 0);
+      this.connectErrors.inc(id, 0);
+      this.timeouts.inc(id, 0);
+    }
     return this.registry.render();
   }
 }

@@ -72,7 +72,12 @@ Deno.test("a single backend is enough; everything else has a default", () => {
     retryOn: [],
     retryBudget: { percent: 20, minPerSecond: 3 },
     retryBuffer: 65_536,
-    outlier: { consecutiveFailures: 5, baseEjection: 30_000, maxEjectionPercent: 50 },
+    outlier: {
+      consecutiveFailures: 5,
+      baseEjection: 30_000,
+      maxEjection: 300_000,
+      maxEjectionPercent: 50,
+    },
     limits: { maxPending: 0, queueTimeout: 1_000 },
     slowStart: 0,
     log: { level: "info", format: "text" },

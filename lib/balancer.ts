@@ -25,8 +25,8 @@ export interface Balancer {
   /** 1 at start, +1 per applied reload. */
   readonly version: number;
   readonly startedAt: number;
-  /** Adds a listener told about every finished request, upstream failure and retry. */
-  addObserver(observer: ProxyObserver): void;
+  /** Adds a listener told about every finished request, upstream failure and retry; returns its remover. */
+  addObserver(observer: ProxyObserver): () => void;
   /** Applies a validated config: backends added, removed, re-weighted; settings swapped atomically. */
   reload(config: Config): void;
   /** Adds a backend at run time. Throws if its id exists. */
@@ -112,7 +112,10 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
       log.error("request handling failed", { error: String(err) });
       return textResponse(500, "Internal Server Error");
     },
-  }, proxy.handle);
+  }, (req, info) => {
+    stats.client(info.remoteAddr, Date.now());
+    return proxy.handle(req, info);
+  });
   const addr = await listening;
   log.info(`sluice listening on http://${formatHost(addr.hostname)}:${addr.port}`, {
     strategy: config.strategy,
@@ -198,6 +201,12 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
     addObserver(observer) {
       extra.push(observer);
       proxy.parts.observers.push(observer);
+      return () => {
+        for (const list of [extra, proxy.parts.observers]) {
+          const i = list.indexOf(observer);
+          if (i !== -1) list.splice(i, 1);
+        }
+      };
     },
     addBackend(entry) {
       const backend = pool.add(entry);

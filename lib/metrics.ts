@@ -31,10 +31,18 @@ export class Counter implements Metric {
 
   /** Adds `n` (default 1) for the given label values. */
   inc(labels: Labels = [], n = 1): void {
+    this.cell(labels).value += n;
+  }
+
+  /** The mutable entry for a label set, for callers that cache it to skip the lookup. */
+  cell(labels: Labels): { value: number } {
     const key = labels.join("\u0000");
-    const entry = this.#values.get(key);
-    if (entry) entry.value += n;
-    else this.#values.set(key, { labels: [...labels], value: n });
+    let entry = this.#values.get(key);
+    if (!entry) {
+      entry = { labels: [...labels], value: 0 };
+      this.#values.set(key, entry);
+    }
+    return entry;
   }
 
   /** The current value for a label set (0 if never incremented). */
@@ -87,7 +95,10 @@ export const LATENCY_BUCKETS = [
 
 /** A cumulative histogram per label set. */
 export class Histogram implements Metric {
-  readonly #series = new Map<string, { labels: Labels; counts: Float64Array; sum: number }>();
+  readonly #series = new Map<
+    string,
+    { labels: Labels; counts: Float64Array; sum: number; observe(value: number): void }
+  >();
   constructor(
     readonly name: string,
     readonly help: string,
@@ -97,16 +108,31 @@ export class Histogram implements Metric {
 
   /** Records one observation. */
   observe(labels: Labels, value: number): void {
+    this.series(labels).observe(value);
+  }
+
+  /** The series for a label set, for callers that cache it to skip the lookup. */
+  series(labels: Labels): { observe(value: number): void } {
     const key = labels.join("\u0000");
     let series = this.#series.get(key);
     if (!series) {
-      series = { labels: [...labels], counts: new Float64Array(this.buckets.length + 1), sum: 0 };
+      const buckets = this.buckets;
+      const counts = new Float64Array(buckets.length + 1);
+      const created = {
+        labels: [...labels],
+        counts,
+        sum: 0,
+        observe(value: number) {
+          let i = 0;
+          while (i < buckets.length && value > buckets[i]) i++;
+          counts[i]++;
+          created.sum += value;
+        },
+      };
+      series = created;
       this.#series.set(key, series);
     }
-    let i = 0;
-    while (i < this.buckets.length && value > this.buckets[i]) i++;
-    series.counts[i]++;
-    series.sum += value;
+    return series;
   }
 
   render(out: string[]): void {

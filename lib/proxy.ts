@@ -41,6 +41,8 @@ export interface RequestRecord {
   /** Until the chosen backend's response head, ms (0 without a backend). */
   upstreamMs: number;
   backend: Backend | undefined;
+  /** True when `backend` answered with a response head (false for the balancer's own 502/503/504). */
+  answered: boolean;
   retries: number;
   requestId: string;
   /** Set when the response failed or was cut short. */
@@ -109,6 +111,7 @@ export class Proxy {
       durationMs: 0,
       upstreamMs: 0,
       backend: undefined,
+      answered: false,
       retries: 0,
       requestId,
       error: undefined,
@@ -205,6 +208,7 @@ export class Proxy {
       const { response, backend, state } = held;
       record.status = response.status;
       record.backend = backend;
+      record.answered = true;
       record.upstreamMs = held.upstreamMs;
       state.returned = true;
       if (state.finished) this.#settle(record, state, started);

@@ -4,6 +4,8 @@ import type { Backend, BackendState, Pool } from "./pool.ts";
 import type { ProxyObserver, RequestRecord } from "./proxy.ts";
 import type { UpstreamError } from "./upstream/http1.ts";
 
+/** How long a client connection counts as open after its last request (Deno.serve reports no closes). */
+const CONNECTION_WINDOW = 60_000;
 const METHODS = new Set([
   "GET",
   "HEAD",
@@ -30,6 +32,12 @@ export class Stats implements ProxyObserver {
   readonly ejections: Counter;
   readonly reloads: Counter;
   readonly startedAt = Date.now();
+  readonly #clients = new Map<string, number>();
+  readonly #series = new Map<string, {
+    duration: { observe(value: number): void };
+    upstream: { observe(value: number): void };
+    requests: Map<string, { value: number }>;
+  }>();
 
   constructor(readonly pool: Pool, readonly configVersion: () => number) {
     const r = this.registry;
@@ -136,6 +144,14 @@ export class Stats implements ProxyObserver {
     );
     r.add(
       new Gauge(
+        "sluice_client_connections",
+        "Client connections on the traffic port that sent a request in the last minute.",
+        [],
+        () => [[[], this.clientConnections()] as const],
+      ),
+    );
+    r.add(
+      new Gauge(
         "sluice_config_version",
         "Version of the configuration in force (1 at start, +1 per applied reload).",
         [],
@@ -155,12 +171,42 @@ export class Stats implements ProxyObserver {
   /** ProxyObserver: a request finished. */
   request(r: RequestRecord): void {
     const backend = r.backend?.id ?? "";
-    this.requests.inc([backend, METHODS.has(r.method) ? r.method : "OTHER", String(r.status)]);
-    this.duration.observe([backend], r.durationMs / 1000);
-    if (r.backend) {
-      this.upstreamDuration.observe([backend], r.upstreamMs / 1000);
+    // Series are cached per backend and method+status, so a request costs no label arrays.
+    let series = this.#series.get(backend);
+    if (!series) {
+      series = {
+        duration: this.duration.series([backend]),
+        upstream: this.upstreamDuration.series([backend]),
+        requests: new Map(),
+      };
+      this.#series.set(backend, series);
+    }
+    const method = METHODS.has(r.method) ? r.method : "OTHER";
+    const key = method + r.status;
+    let count = series.requests.get(key);
+    if (!count) {
+      count = this.requests.cell([backend, method, String(r.status)]);
+      series.requests.set(key, count);
+    }
+    count.value++;
+    series.duration.observe(r.durationMs / 1000);
+    if (r.backend && r.answered) {
+      series.upstream.observe(r.upstreamMs / 1000);
       r.backend.responses[r.error ? 0 : Math.floor(r.status / 100)]++;
     }
+  }
+
+  /** Notes a client connection (address and port) as active. */
+  client(addr: Deno.NetAddr, now: number): void {
+    this.#clients.set(addr.hostname + ":" + addr.port, now);
+  }
+
+  /** Client connections that sent a request in the last minute. */
+  clientConnections(now = Date.now()): number {
+    for (const [key, seen] of this.#clients) {
+      if (now - seen > CONNECTION_WINDOW) this.#clients.delete(key);
+    }
+    return this.#clients.size;
   }
 
   /** ProxyObserver: an upstream attempt failed. */

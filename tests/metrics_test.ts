@@ -237,3 +237,30 @@ Deno.test("metric names, types and labels follow Prometheus conventions", async 
     }
   }
 });
+
+Deno.test("sluice_client_connections counts the client connections that sent requests", async () => {
+  await using f = await startAdminFixture({ backends: 1 });
+  const before = value(await scrape(f.base), "sluice_client_connections");
+  assert.equal(before, 0);
+  // Three raw keep-alive connections, two requests each: three connections, not six.
+  const conns = await Promise.all(
+    [0, 1, 2].map(() => Deno.connect({ hostname: "127.0.0.1", port: f.tb.balancer.addr.port })),
+  );
+  try {
+    for (let round = 0; round < 2; round++) {
+      for (const conn of conns) {
+        await conn.write(new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        const buf = new Uint8Array(4096);
+        let text = "";
+        while (!/\r\n\r\n[\s\S]*port: \d+/.test(text)) {
+          const n = await conn.read(buf);
+          if (n === null) throw new Error("connection closed");
+          text += new TextDecoder().decode(buf.subarray(0, n));
+        }
+      }
+    }
+    assert.equal(value(await scrape(f.base), "sluice_client_connections"), 3);
+  } finally {
+    for (const conn of conns) conn.close();
+  }
+});

@@ -121,8 +121,8 @@ export async function startAdmin(balancer: Balancer, options: AdminOptions): Pro
     },
   }, handle);
   const addr = await listening;
-  // Only once listening: the balancer cannot unregister an observer if the port was taken.
-  balancer.addObserver(series);
+  // Only once listening: nothing to undo if the port was taken.
+  const unobserve = balancer.addObserver(series);
   log.info(
     `admin listening on http://${formatHost(addr.hostname)}:${addr.port}`,
     {
@@ -135,7 +135,7 @@ export async function startAdmin(balancer: Balancer, options: AdminOptions): Pro
     addr,
     shutdown() {
       stopping ??= (async () => {
-        series.detached = true;
+        unobserve();
         streams.closeAll();
         await server.shutdown();
       })();

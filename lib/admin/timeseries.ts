@@ -137,8 +137,6 @@ export class TimeSeries implements ProxyObserver {
   /** All client requests, including those no backend answered. */
   readonly total = new Series();
   readonly #byId = new Map<string, Series>();
-  /** Set when the admin listener stops: the balancer offers no way to unregister observers. */
-  detached = false;
 
   constructor(readonly now: () => number = Date.now) {}
 
@@ -164,7 +162,6 @@ export class TimeSeries implements ProxyObserver {
 
   /** ProxyObserver: a request finished. */
   request(r: RequestRecord): void {
-    if (this.detached) return;
     const sec = Math.floor(this.now() / 1000);
     const error = r.status >= 500 || r.error !== undefined;
     this.total.add(sec, r.durationMs, error);

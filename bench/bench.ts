@@ -2,7 +2,7 @@
  * `deno task bench`: throughput and latency of sluice against the demo backends, nginx and HAProxy.
  *
  *   deno run --allow-net --allow-read --allow-write --allow-run --allow-env bench/bench.ts \
- *     [--duration 8] [--warmup 2] [--connections 64] [--threads 2] [--loadgen wrk|autocannon]
+ *     [--duration 8] [--warmup 5] [--connections 64] [--threads 2] [--loadgen wrk|autocannon]
  *     [--rounds 1] [--backend-procs 1|3] [--no-install] [--no-write] [--out docs/benchmark.md]
  *     [--time-limit SECONDS] [--no-pin]
  *
@@ -31,7 +31,7 @@ const { values: opts } = parseArgs({
   strict: true,
   options: {
     duration: { type: "string", default: "8" },
-    warmup: { type: "string", default: "2" },
+    warmup: { type: "string", default: "5" },
     connections: { type: "string", default: "64" },
     threads: { type: "string", default: "2" },
     loadgen: { type: "string" },
@@ -47,7 +47,7 @@ const { values: opts } = parseArgs({
 });
 if (opts.help) {
   console.log(
-    "usage: bench.ts [--duration 8] [--warmup 2] [--connections 64] [--threads 2] " +
+    "usage: bench.ts [--duration 8] [--warmup 5] [--connections 64] [--threads 2] " +
       "[--loadgen wrk|autocannon] [--rounds 1] [--backend-procs 1|3] [--no-install] " +
       "[--no-write] [--no-pin] [--out docs/benchmark.md] [--time-limit S]   (durations in seconds)",
   );

@@ -25,13 +25,11 @@ export interface ProxySettings {
   sticky: StickyOptions | undefined;
 }
 
-/** Everything known about one client request once it is over. */
-export interface RequestRecord {
+/** Everything known about one client request once it is over; strategies select on it too. */
+export interface RequestRecord extends SelectContext {
   /** Start time, ms since epoch. */
   time: number;
-  ip: string;
   method: string;
-  target: string;
   /** Status sent to the client. */
   status: number;
   /** Body bytes sent to the client. */
@@ -47,7 +45,6 @@ export interface RequestRecord {
   requestId: string;
   /** Set when the response failed or was cut short. */
   error: string | undefined;
-  request: Request;
 }
 
 /** Listeners told about each finished request and each upstream failure. */
@@ -100,7 +97,6 @@ export class Proxy {
     const head = forward.hasHost ? latin1Bytes(forward.text + CRLF) : undefined;
     const body = req.body ? new RequestBody(req.body, settings.retryBuffer) : null;
     const method = req.method;
-    const ctx: SelectContext = { request: req, ip, target };
     const record: RequestRecord = {
       time,
       ip,
@@ -117,14 +113,14 @@ export class Proxy {
       error: undefined,
       request: req,
     };
-    budget.request();
+    budget.request(time);
 
     let attempts = 0;
     let lastError: UpstreamError | undefined;
     let held: Held | undefined; // a retryable 5xx kept in case no retry is possible
     let sawFull = false;
     let queueDeadline = 0; // one queueTimeout in all, however often a freed slot is taken first
-    let candidates = settings.selector.candidates(ctx)[Symbol.iterator]();
+    let candidates = settings.selector.candidates(record)[Symbol.iterator]();
     for (;;) {
       const next = candidates.next();
       if (next.done) {
@@ -133,7 +129,7 @@ export class Proxy {
           attempts === 0 && sawFull && (await queue.wait(queueDeadline - performance.now()))
         ) {
           sawFull = false;
-          candidates = settings.selector.candidates(ctx)[Symbol.iterator]();
+          candidates = settings.selector.candidates(record)[Symbol.iterator]();
           continue;
         }
         break;
@@ -179,7 +175,7 @@ export class Proxy {
               : [["x-request-id", requestId]],
         }, finish);
         const upstreamMs = performance.now() - attemptStart;
-        backend.observeLatency(upstreamMs);
+        backend.observeLatency(upstreamMs, time + (attemptStart - started) + upstreamMs);
         const status = responseHead.status;
         if (status >= 500) outlier.failure(backend, `status ${status}`);
         else outlier.success(backend);

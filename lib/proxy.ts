@@ -7,7 +7,7 @@ import type { SlotQueue } from "./queue.ts";
 import type { RetryBudget } from "./retry_budget.ts";
 import type { SelectContext, Selector } from "./select/mod.ts";
 import { stickyCookie, type StickyOptions } from "./select/sticky.ts";
-import { exchange } from "./upstream/client.ts";
+import { CLIENT_CLOSED, exchange } from "./upstream/client.ts";
 import { latin1Bytes, UpstreamError } from "./upstream/http1.ts";
 import { RequestBody } from "./upstream/request_body.ts";
 
@@ -227,7 +227,8 @@ export class Proxy {
     record.bytes = state.bytes;
     record.error = state.error;
     if (state.error) {
-      this.parts.log.warn(`response from ${record.backend} cut short: ${state.error}`, {
+      const level = state.error === CLIENT_CLOSED ? "debug" : "warn";
+      this.parts.log[level](`response from ${record.backend} cut short: ${state.error}`, {
         requestId: record.requestId,
       });
     }

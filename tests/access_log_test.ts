@@ -3,11 +3,10 @@
  * lines it writes to stdout or a file are checked field by field.
  */
 import assert from "node:assert/strict";
-import { waitFor } from "./helpers.ts";
+import { fileLines } from "./helpers.ts";
 import {
   configDir,
   get,
-  PATIENCE,
   sighupReload,
   startBrokenBackend,
   startSluice,
@@ -22,24 +21,6 @@ function config(backends: string[], extra: Record<string, unknown> = {}) {
     backends: backends.map((url) => ({ url })),
     ...extra,
   };
-}
-
-/** Waits until `file` holds at least `n` lines; returns them. */
-async function fileLines(file: string, n: number): Promise<string[]> {
-  let lines: string[] = [];
-  await waitFor(
-    async () => {
-      try {
-        lines = (await Deno.readTextFile(file)).split("\n").filter((l) => l !== "");
-      } catch (err) {
-        if (!(err instanceof Deno.errors.NotFound)) throw err;
-      }
-      return lines.length >= n;
-    },
-    `${n} line(s) in ${file}, got:\n${lines.join("\n")}`,
-    PATIENCE,
-  );
-  return lines;
 }
 
 /** host:port, the backend id the log shows for an unnamed backend. */

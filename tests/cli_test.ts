@@ -1,110 +1,32 @@
 /** main.ts and backend.ts as users run them: real subprocesses, real sockets, real signals. */
 import assert from "node:assert/strict";
-import { startBackends, waitFor } from "./helpers.ts";
+import { type DemoBackend, startBackends, withFile } from "./helpers.ts";
+import { mainArgs, ROOT, spawn, startMain } from "./process_helpers.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
-const MAIN = ["run", "--allow-net", "--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM", "main.ts"];
 // Deno's start-up on a busy 2-core machine can take seconds; generous, since waits end on events.
 const STARTUP = 60_000;
 
-/** Runs main.ts to completion and returns its exit code and output. */
-async function sluice(
-  ...args: string[]
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [...MAIN, ...args],
-    cwd: ROOT,
-    stdin: "null",
-  }).output();
+/** Runs `deno <args>` in the repository root to completion; returns its exit code and output. */
+async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), { args, cwd: ROOT, stdin: "null" }).output();
   const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
   return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
 }
 
-/** Collects a stream's lines as they arrive. */
-class Lines {
-  readonly lines: string[] = [];
-  ended = false;
-  readonly done: Promise<void>;
-
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.done = (async () => {
-      let rest = "";
-      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-        rest += chunk;
-        for (let nl = rest.indexOf("\n"); nl !== -1; nl = rest.indexOf("\n")) {
-          this.lines.push(rest.slice(0, nl));
-          rest = rest.slice(nl + 1);
-        }
-      }
-      if (rest) this.lines.push(rest);
-      this.ended = true;
-    })();
-  }
-
-  /** Waits for the `count`-th line matching `pattern`; fails at once if the stream ends first. */
-  async wait(pattern: RegExp, count = 1): Promise<RegExpExecArray[]> {
-    const matches = () => this.lines.map((l) => pattern.exec(l)).filter((m) => m !== null);
-    await waitFor(() => matches().length >= count || this.ended, `${pattern}`, STARTUP);
-    const found = matches();
-    if (found.length < count) {
-      throw new Error(`output ended without ${count} x ${pattern}:\n${this.lines.join("\n")}`);
-    }
-    return found;
-  }
+/** Runs main.ts to completion and returns its exit code and output. */
+function sluice(...args: string[]) {
+  return run([...mainArgs(), ...args]);
 }
 
-/** A long-running subprocess whose output is read line by line; disposal kills it and waits. */
-function spawn(args: string[]) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args,
-    cwd: ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stdout = new Lines(child.stdout);
-  const stderr = new Lines(child.stderr);
-  let exited = false;
-  const status = child.status.then((s) => {
-    exited = true;
-    return s;
+/**
+ * Starts main.ts on 127.0.0.1 port 0 in front of `backends` and waits for its "listening on"
+ * line; returns the process and the port.
+ */
+function startSluice(backends: DemoBackend[], ...args: string[]) {
+  const urls = backends.flatMap((b) => ["--backend", `http://127.0.0.1:${b.port}`]);
+  return startMain(["--host", "127.0.0.1", "--port", "0", ...urls, ...args], {
+    timeout: STARTUP,
   });
-  return {
-    stdout,
-    stderr,
-    status,
-    kill(signal: Deno.Signal) {
-      child.kill(signal);
-    },
-    async [Symbol.asyncDispose]() {
-      if (!exited) child.kill("SIGKILL");
-      await status;
-      await Promise.all([stdout.done, stderr.done]);
-    },
-  };
-}
-
-/** Starts main.ts and waits for its "listening on" line; returns the process and the port. */
-async function startSluice(...args: string[]) {
-  const proc = spawn([...MAIN, ...args]);
-  try {
-    const [match] = await proc.stderr.wait(/listening on http:\/\/127\.0\.0\.1:(\d+)/);
-    return { proc, port: Number(match[1]) };
-  } catch (err) {
-    await proc[Symbol.asyncDispose]();
-    throw err;
-  }
-}
-
-async function withFile<T>(name: string, text: string, use: (path: string) => Promise<T>) {
-  const dir = await Deno.makeTempDir({ prefix: "sluice-cli-test-" });
-  try {
-    const path = `${dir}/${name}`;
-    await Deno.writeTextFile(path, text);
-    return await use(path);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 }
 
 async function text(url: string, init?: RequestInit): Promise<{ status: number; body: string }> {
@@ -337,15 +259,7 @@ Deno.test("a port already in use is reported and exits 1", async () => {
 Deno.test("a real run on port 0 rotates requests across the backends and exits 0 on SIGTERM", async () => {
   const backends = await startBackends(3);
   try {
-    const { proc, port } = await startSluice(
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
-      ...backends.flatMap((b) => ["--backend", `http://127.0.0.1:${b.port}`]),
-      "--health-interval",
-      "1m",
-    );
+    const { proc, port } = await startSluice(backends, "--health-interval", "1m");
     await using _ = proc;
     const seen: string[] = [];
     for (let i = 0; i < 6; i++) {
@@ -375,12 +289,7 @@ Deno.test("--log-format json writes JSON lines; SIGINT also exits 0", async () =
   const [backend] = await startBackends(1);
   try {
     const { proc, port } = await startSluice(
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--backend",
-      `http://127.0.0.1:${backend.port}`,
+      [backend],
       "--log-format",
       "json",
       "--log-level",
@@ -411,8 +320,9 @@ Deno.test("--log-format json writes JSON lines; SIGINT also exits 0", async () =
 
 Deno.test("backend.ts --ports serves hello, /echo and switchable /health", async () => {
   await using proc = spawn(["run", "--allow-net", "backend.ts", "--ports", "0,0"]);
-  const matches = await proc.stdout.wait(/^backend listening on http:\/\/127\.0\.0\.1:(\d+)$/, 2);
-  const [a, b] = matches.map((m) => Number(m[1]));
+  const listening = /^backend listening on http:\/\/127\.0\.0\.1:(\d+)$/;
+  const matches = await proc.stdout.waitFor(listening, 2, STARTUP);
+  const [a, b] = matches.map((l) => Number(listening.exec(l)![1]));
   assert.notEqual(a, b);
   for (const port of [a, b]) {
     assert.deepEqual(await text(`http://127.0.0.1:${port}/any/path`), {
@@ -452,14 +362,7 @@ Deno.test("backend.ts --ports serves hello, /echo and switchable /health", async
 });
 
 Deno.test("backend.ts rejects a bad --ports list", async () => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "backend.ts", "--ports", "8081,http"],
-    cwd: ROOT,
-    stdin: "null",
-  }).output();
+  const out = await run(["run", "--allow-net", "backend.ts", "--ports", "8081,http"]);
   assert.equal(out.code, 1);
-  assert.match(
-    new TextDecoder().decode(out.stderr),
-    /--ports: must be a comma-separated list of ports/,
-  );
+  assert.match(out.stderr, /--ports: must be a comma-separated list of ports/);
 });

@@ -1,5 +1,6 @@
 /** The configuration as users meet it: defaults, one clear line per mistake, files, flags and the JSON Schema. */
 import assert from "node:assert/strict";
+import { withFile } from "./helpers.ts";
 import {
   applyOverrides,
   backendId,
@@ -29,17 +30,6 @@ function problems(raw: unknown): string[] {
     return err.problems;
   }
   assert.fail(`expected ${JSON.stringify(raw)} to be rejected`);
-}
-
-async function withFile<T>(name: string, text: string, use: (path: string) => Promise<T>) {
-  const dir = await Deno.makeTempDir({ prefix: "sluice-config-test-" });
-  try {
-    const path = `${dir}/${name}`;
-    await Deno.writeTextFile(path, text);
-    return await use(path);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 }
 
 async function loadProblems(path: string | undefined, overrides = {}): Promise<string[]> {

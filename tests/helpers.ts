@@ -148,3 +148,37 @@ export function concat(chunks: Uint8Array[]): Uint8Array {
   }
   return out;
 }
+
+/** Writes `text` to `name` in a fresh temp dir, runs `use` on its path, then removes the dir. */
+export async function withFile<T>(
+  name: string,
+  text: string,
+  use: (path: string) => Promise<T>,
+): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix: "sluice-test-" });
+  try {
+    const path = `${dir}/${name}`;
+    await Deno.writeTextFile(path, text);
+    return await use(path);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Waits until `file` exists and holds at least `n` non-empty lines; returns them. */
+export async function fileLines(file: string, n: number, timeout = 30_000): Promise<string[]> {
+  let lines: string[] = [];
+  await waitFor(
+    async () => {
+      try {
+        lines = (await Deno.readTextFile(file)).split("\n").filter((l) => l !== "");
+      } catch (err) {
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+      }
+      return lines.length >= n;
+    },
+    `${n} line(s) in ${file}`,
+    timeout,
+  );
+  return lines;
+}

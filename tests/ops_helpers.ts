@@ -1,13 +1,11 @@
 /**
  * Fixtures for the operations tests (reload, access log, request ids): sluice as a real
- * subprocess, controllable backends and a raw keep-alive HTTP/1.1 client. Everything
+ * subprocess and controllable backends (raw HTTP/1.1 clients: `RawClient` in proxy_helpers.ts). Everything
  * listens on 127.0.0.1 port 0; waits are on log lines and counters, never fixed sleeps.
  */
-import { rawExchange, rawServer, readRequestHead, waitFor } from "./helpers.ts";
-
-const ROOT = new URL("../", import.meta.url);
+import { rawExchange, rawServer, readRequestHead } from "./helpers.ts";
+import { type Lines, startMain } from "./process_helpers.ts";
 const encoder = new TextEncoder();
-const decoder = new TextDecoder();
 
 /** Generous limit for conditions on a busy 2-core machine. */
 export const PATIENCE = 30_000;
@@ -43,44 +41,6 @@ export async function configDir(config: unknown): Promise<ConfigDir> {
   };
 }
 
-/** Collected lines of one output stream of the subprocess. */
-class Lines {
-  readonly lines: string[] = [];
-  readonly done: Promise<void>;
-
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.done = (async () => {
-      let rest = "";
-      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-        rest += chunk;
-        const parts = rest.split("\n");
-        rest = parts.pop()!;
-        this.lines.push(...parts);
-      }
-      if (rest) this.lines.push(rest);
-    })();
-  }
-
-  /** Lines matching `pattern`. */
-  matching(pattern: RegExp): string[] {
-    return this.lines.filter((l) => pattern.test(l));
-  }
-
-  /** Waits until at least `count` lines match `pattern`; returns the matching lines. */
-  async waitFor(pattern: RegExp, count = 1, timeout = PATIENCE): Promise<string[]> {
-    try {
-      await waitFor(() => this.matching(pattern).length >= count, "", timeout);
-    } catch {
-      throw new Error(
-        `timed out waiting for ${count} line(s) matching ${pattern}; got:\n${
-          this.lines.join("\n")
-        }`,
-      );
-    }
-    return this.matching(pattern);
-  }
-}
-
 /** sluice running as a subprocess of the test. */
 export interface Sluice {
   /** http://127.0.0.1:PORT */
@@ -105,56 +65,11 @@ export async function startSluice(
   args: string[] = [],
   { settle = true } = {},
 ): Promise<Sluice> {
-  const process = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-net",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env=LOG_TOKENS,LOG_STREAM",
-      "main.ts",
-      "--config",
-      file,
-      ...args,
-    ],
-    cwd: ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderr = new Lines(process.stderr);
-  const stdout = new Lines(process.stdout);
-  let stopped: Promise<number> | undefined;
-  const stop = () =>
-    stopped ??= (async () => {
-      try {
-        process.kill("SIGTERM");
-      } catch { /* already exited */ }
-      const status = await process.status;
-      await Promise.all([stderr.done, stdout.done]);
-      return status.code;
-    })();
-  const listening = /sluice listening on http:\/\/127\.0\.0\.1:(\d+)/;
-  try {
-    await waitFor(
-      async () => {
-        if (stderr.matching(listening).length) return true;
-        // Fail fast if it exited instead of listening.
-        const exited = await Promise.race([
-          process.status.then(() => true),
-          new Promise<false>((r) => setTimeout(() => r(false), 0)),
-        ]);
-        if (exited) throw new Error(`sluice exited early:\n${stderr.lines.join("\n")}`);
-        return false;
-      },
-      "sluice to listen",
-      PATIENCE,
-    );
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-  const port = Number(listening.exec(stderr.matching(listening)[0])![1]);
+  const { proc, port } = await startMain(["--config", file, ...args], {
+    write: true,
+    timeout: PATIENCE,
+  });
+  const stop = async () => (await proc.stop("SIGTERM")).code;
   if (settle) {
     // main.ts installs its SIGHUP handler after the listening line; one turn of its event
     // loop later it is there. A malformed request is answered 400 by the HTTP server
@@ -168,10 +83,10 @@ export async function startSluice(
   return {
     url: `http://127.0.0.1:${port}`,
     port,
-    stderr,
-    stdout,
-    process,
-    kill: (signal) => process.kill(signal),
+    stderr: proc.stderr,
+    stdout: proc.stdout,
+    process: proc.child,
+    kill: proc.kill,
     stop,
     async [Symbol.asyncDispose]() {
       await stop();
@@ -327,126 +242,4 @@ export function startBrokenBackend(mode: "close" | "hang"): {
     }
   });
   return { ...server, [Symbol.dispose]: server.close };
-}
-
-/** A response read off a raw connection. */
-export interface RawResponse {
-  status: number;
-  headers: Map<string, string>;
-  body: string;
-}
-
-/**
- * An HTTP/1.1 client on one TCP connection, sending requests one after another
- * (keep-alive), so a test can tell whether the connection survived.
- */
-export class KeepAliveClient {
-  #buf: Uint8Array = new Uint8Array(0);
-  #connClosed = false;
-  /** Set once either side closed the connection. */
-  closed = false;
-
-  private constructor(readonly conn: Deno.TcpConn) {}
-
-  static async connect(port: number): Promise<KeepAliveClient> {
-    return new KeepAliveClient(await Deno.connect({ hostname: "127.0.0.1", port }));
-  }
-
-  /** Sends GET `target` and reads the whole response. */
-  async get(target: string, headers: Record<string, string> = {}): Promise<RawResponse> {
-    let head = `GET ${target} HTTP/1.1\r\nhost: 127.0.0.1\r\n`;
-    for (const [k, v] of Object.entries(headers)) head += `${k}: ${v}\r\n`;
-    await this.#writeAll(encoder.encode(head + "\r\n"));
-    const headEnd = await this.#fill((b) => indexOfCrlfCrlf(b));
-    const lines = decoder.decode(this.#take(headEnd + 4)).split("\r\n");
-    const status = Number(lines[0].split(" ")[1]);
-    const map = new Map<string, string>();
-    for (const line of lines.slice(1)) {
-      const colon = line.indexOf(":");
-      if (colon > 0) map.set(line.slice(0, colon).toLowerCase(), line.slice(colon + 1).trim());
-    }
-    let body: Uint8Array;
-    if (map.get("transfer-encoding")?.toLowerCase() === "chunked") {
-      const parts: Uint8Array[] = [];
-      for (;;) {
-        const lineEnd = await this.#fill((b) => indexOfCrlf(b));
-        const size = parseInt(decoder.decode(this.#take(lineEnd + 2)), 16);
-        if (size === 0) {
-          // Skip trailers up to the blank line.
-          for (;;) {
-            const end = await this.#fill((b) => indexOfCrlf(b));
-            if (this.#take(end + 2).length === 2) break;
-          }
-          break;
-        }
-        await this.#fill((b) => (b.length >= size + 2 ? size : -1));
-        parts.push(this.#take(size + 2).subarray(0, size));
-      }
-      body = concatBytes(parts);
-    } else {
-      const length = Number(map.get("content-length") ?? 0);
-      await this.#fill((b) => (b.length >= length ? length : -1));
-      body = this.#take(length);
-    }
-    if (map.get("connection")?.toLowerCase() === "close") this.closed = true;
-    return { status, headers: map, body: decoder.decode(body) };
-  }
-
-  /** Closes the connection. */
-  close(): void {
-    if (this.#connClosed) return;
-    this.#connClosed = true;
-    this.closed = true;
-    try {
-      this.conn.close();
-    } catch { /* already closed */ }
-  }
-
-  async #writeAll(bytes: Uint8Array): Promise<void> {
-    let written = 0;
-    while (written < bytes.length) written += await this.conn.write(bytes.subarray(written));
-  }
-
-  /** Reads until `found(buffer)` returns an index >= 0; returns it. */
-  async #fill(found: (b: Uint8Array) => number): Promise<number> {
-    for (;;) {
-      const at = found(this.#buf);
-      if (at >= 0) return at;
-      const chunk = new Uint8Array(16 * 1024);
-      const n = await this.conn.read(chunk);
-      if (n === null) {
-        this.closed = true;
-        throw new Error("connection closed by the balancer");
-      }
-      this.#buf = concatBytes([this.#buf, chunk.subarray(0, n)]);
-    }
-  }
-
-  #take(n: number): Uint8Array {
-    const out = this.#buf.slice(0, n);
-    this.#buf = this.#buf.slice(n);
-    return out;
-  }
-}
-
-function indexOfCrlf(b: Uint8Array): number {
-  for (let i = 0; i + 1 < b.length; i++) if (b[i] === 13 && b[i + 1] === 10) return i;
-  return -1;
-}
-
-function indexOfCrlfCrlf(b: Uint8Array): number {
-  for (let i = 0; i + 3 < b.length; i++) {
-    if (b[i] === 13 && b[i + 1] === 10 && b[i + 2] === 13 && b[i + 3] === 10) return i;
-  }
-  return -1;
-}
-
-function concatBytes(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }

@@ -5,6 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import { concat } from "./helpers.ts";
+import { startMain } from "./process_helpers.ts";
 
 const decoder = new TextDecoder();
 
@@ -149,6 +150,11 @@ export class RawClient {
       this.#buf = new Uint8Array(0);
     }
     return { status, head, headers, body, header, text: () => decoder.decode(body) };
+  }
+
+  /** True once the peer closed the connection (or reset it), as seen by a read. */
+  get closed(): boolean {
+    return this.#eof;
   }
 
   /** Bytes already received beyond the responses read so far (must be none after a bodiless response). */
@@ -335,9 +341,6 @@ export async function rss(pid: number): Promise<number> {
   return Number(match[1]) * 1024;
 }
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
-const ROOT = new URL("../", import.meta.url).pathname;
-
 /** main.ts running as a subprocess, with its stderr collected line by line. */
 export interface BalancerProcess {
   child: Deno.ChildProcess;
@@ -358,89 +361,15 @@ export interface BalancerProcess {
  * printed its "listening on http://HOST:PORT" line.
  */
 export async function spawnBalancer(args: string[]): Promise<BalancerProcess> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-net",
-      "--allow-read",
-      "--allow-env=LOG_TOKENS,LOG_STREAM",
-      MAIN,
-      ...args,
-    ],
-    cwd: ROOT,
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const lines: string[] = [];
-  const waiters = new Set<{ pattern: RegExp; resolve: (line: string) => void }>();
-  const drained = (async () => {
-    let rest = "";
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
-      rest += chunk;
-      let nl;
-      while ((nl = rest.indexOf("\n")) !== -1) {
-        const line = rest.slice(0, nl);
-        rest = rest.slice(nl + 1);
-        lines.push(line);
-        for (const w of waiters) {
-          if (w.pattern.test(line)) {
-            waiters.delete(w);
-            w.resolve(line);
-          }
-        }
-      }
-    }
-    if (rest) lines.push(rest);
-  })();
-  const status = child.status;
-  let exited = false;
-  status.then(() => exited = true);
-  const waitForLine = async (pattern: RegExp, timeout = 30_000): Promise<string> => {
-    const seen = lines.find((l) => pattern.test(l));
-    if (seen !== undefined) return seen;
-    const { promise, resolve } = Promise.withResolvers<string>();
-    const w = { pattern, resolve };
-    waiters.add(w);
-    try {
-      return await within(
-        Promise.race([
-          promise,
-          status.then((s) => {
-            throw new Error(`balancer exited (${s.code}) before ${pattern}:\n${lines.join("\n")}`);
-          }),
-        ]),
-        timeout,
-        `balancer stderr line ${pattern}; got:\n${lines.join("\n")}`,
-      );
-    } finally {
-      waiters.delete(w);
-    }
+  const { proc, port } = await startMain(args);
+  return {
+    child: proc.child,
+    pid: proc.pid,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    lines: proc.stderr.lines,
+    status: proc.status,
+    waitForLine: async (pattern, timeout) => (await proc.stderr.waitFor(pattern, 1, timeout))[0],
+    [Symbol.asyncDispose]: () => proc[Symbol.asyncDispose](),
   };
-  const dispose = async () => {
-    if (!exited) {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* exited meanwhile */ }
-    }
-    await status;
-    await drained;
-  };
-  try {
-    const line = await waitForLine(/listening on http:\/\/[^\s:]+:\d+/);
-    const port = Number(/listening on http:\/\/[^\s:]+:(\d+)/.exec(line)![1]);
-    return {
-      child,
-      pid: child.pid,
-      port,
-      url: `http://127.0.0.1:${port}`,
-      lines,
-      status,
-      waitForLine,
-      [Symbol.asyncDispose]: dispose,
-    };
-  } catch (err) {
-    await dispose();
-    throw err;
-  }
 }

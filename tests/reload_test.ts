@@ -7,7 +7,6 @@ import { waitFor } from "./helpers.ts";
 import {
   configDir,
   get,
-  KeepAliveClient,
   PATIENCE,
   sighupReload,
   startSluice,
@@ -15,6 +14,7 @@ import {
   tally,
   type TestBackend,
 } from "./ops_helpers.ts";
+import { RawClient } from "./proxy_helpers.ts";
 
 type Entry = TestBackend | { backend: TestBackend; weight: number };
 
@@ -281,19 +281,23 @@ Deno.test("reload under load: 20 reloads adding and removing backends, keep-aliv
   const connections: number[] = [];
   const clients = Array.from({ length: CLIENTS }, async (_, c) => {
     connections[c] = 0;
-    let client: KeepAliveClient | undefined;
+    let client: RawClient | undefined;
+    let closing = false; // the last response said `connection: close`
     try {
       while (running) {
-        if (!client || client.closed) {
+        if (!client || client.closed || closing) {
           client?.close();
-          client = await KeepAliveClient.connect(sluice.port);
+          client = await RawClient.connect(sluice.port);
+          closing = false;
           connections[c]++;
         }
         try {
           // A few ms at the backend, so removed backends often have requests in flight.
-          const res = await client.get(`/?delay=${(total + c) % 8}`);
-          if (res.status !== 200 || !byName.has(res.body)) {
-            failures.push(`client ${c}: ${res.status} ${res.body}`);
+          await client.send(`GET /?delay=${(total + c) % 8} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n`);
+          const res = await client.readResponse();
+          closing = res.header("connection")?.toLowerCase() === "close";
+          if (res.status !== 200 || !byName.has(res.text())) {
+            failures.push(`client ${c}: ${res.status} ${res.text()}`);
           }
           total++;
         } catch (err) {

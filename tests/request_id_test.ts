@@ -3,7 +3,7 @@
  * back to the client (also on the balancer's own 502/503/504) and is in the access log.
  */
 import assert from "node:assert/strict";
-import { waitFor } from "./helpers.ts";
+import { fileLines, waitFor } from "./helpers.ts";
 import {
   configDir,
   get,
@@ -29,20 +29,7 @@ function config(backends: string[], path: string, extra: Record<string, unknown>
 
 /** The access log's records once it holds at least `n`. */
 async function records(path: string, n: number): Promise<Record<string, unknown>[]> {
-  let lines: string[] = [];
-  await waitFor(
-    async () => {
-      try {
-        lines = (await Deno.readTextFile(path)).split("\n").filter((l) => l !== "");
-      } catch (err) {
-        if (!(err instanceof Deno.errors.NotFound)) throw err;
-      }
-      return lines.length >= n;
-    },
-    `${n} access log line(s)`,
-    PATIENCE,
-  );
-  return lines.map((l) => JSON.parse(l));
+  return (await fileLines(path, n, PATIENCE)).map((l) => JSON.parse(l));
 }
 
 /** The X-Request-Id values the backend's /echo saw. */

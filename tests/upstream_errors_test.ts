@@ -192,13 +192,19 @@ Deno.test({
   },
 });
 
-Deno.test("a Content-Length body cut short by the backend is never presented as complete", async () => {
+/**
+ * A backend answers `/cut` with `reply` and closes: fetch's body rejects, a raw client
+ * sees the connection end early (`wire`), `logged(backendUrl)` finds the balancer's log
+ * line, and the next request is answered normally.
+ */
+async function assertCutShort(
+  reply: string,
+  wire: RegExp,
+  logged: (backendUrl: string) => (line: string) => boolean,
+) {
   const backend = scriptedBackend((req) => {
     if (req.target !== "/cut") return OK;
-    return {
-      reply: `HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n${"x".repeat(500)}`,
-      then: "close",
-    };
+    return { reply, then: "close" };
   });
   try {
     await using lb = await startTestBalancer({ backends: [{ url: backend.url }] });
@@ -206,57 +212,37 @@ Deno.test("a Content-Length body cut short by the backend is never presented as 
     assert.equal(res.status, 200);
     await assert.rejects(res.arrayBuffer());
 
-    // On the wire: the client sees the declared length and then the connection ends early.
     using client = await RawClient.connect(lb.balancer.addr.port);
     await client.send("GET /cut HTTP/1.1\r\nHost: lb.test\r\n\r\n");
-    await assert.rejects(client.readResponse(), /body bytes missing|closed/);
+    await assert.rejects(client.readResponse(), wire);
 
-    await waitFor(
-      () =>
-        lb.logs.some((l) =>
-          l.includes(
-            `response from ${backend.url} cut short: backend closed the connection with 500 bytes left`,
-          )
-        ),
-      "the cut-short log line",
-    );
+    await waitFor(() => lb.logs.some(logged(backend.url)), "the cut-short log line");
     assert.deepEqual(await get(lb.url, "/ok"), { status: 200, text: "ok" });
   } finally {
     await backend.close();
   }
+}
+
+Deno.test("a Content-Length body cut short by the backend is never presented as complete", async () => {
+  // On the wire: the client sees the declared length and then the connection ends early.
+  await assertCutShort(
+    `HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n${"x".repeat(500)}`,
+    /body bytes missing|closed/,
+    (url) => (l) =>
+      l.includes(
+        `response from ${url} cut short: backend closed the connection with 500 bytes left`,
+      ),
+  );
 });
 
 Deno.test("a chunked body without its last chunk is never presented as complete", async () => {
-  const backend = scriptedBackend((req) => {
-    if (req.target !== "/cut") return OK;
-    return {
-      reply: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-      then: "close",
-    };
-  });
-  try {
-    await using lb = await startTestBalancer({ backends: [{ url: backend.url }] });
-    const res = await fetch(`${lb.url}/cut`);
-    assert.equal(res.status, 200);
-    await assert.rejects(res.arrayBuffer());
-
-    // On the wire: no terminating 0-size chunk ever arrives.
-    using client = await RawClient.connect(lb.balancer.addr.port);
-    await client.send("GET /cut HTTP/1.1\r\nHost: lb.test\r\n\r\n");
-    await assert.rejects(client.readResponse(), /closed/);
-
-    await waitFor(
-      () =>
-        lb.logs.some((l) =>
-          new RegExp(`response from ${backend.url} cut short: backend closed the connection`)
-            .test(l)
-        ),
-      "the cut-short log line",
-    );
-    assert.deepEqual(await get(lb.url, "/ok"), { status: 200, text: "ok" });
-  } finally {
-    await backend.close();
-  }
+  // On the wire: no terminating 0-size chunk ever arrives.
+  await assertCutShort(
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    /closed/,
+    (url) => (l) =>
+      new RegExp(`response from ${url} cut short: backend closed the connection`).test(l),
+  );
 });
 
 Deno.test("a request to a dead backend with a body is answered 502, not hung", async () => {

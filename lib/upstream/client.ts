@@ -26,6 +26,9 @@ export interface UpstreamRequest {
   responseHeaders: [string, string][];
 }
 
+/** The `Finish` error when the client went away mid-body: routine, not the backend's fault. */
+export const CLIENT_CLOSED = "client closed the connection";
+
 /** Called once when the response body has been fully relayed (error undefined) or has failed. */
 export type Finish = (bytes: number, error?: string) => void;
 
@@ -315,7 +318,7 @@ function bodyStream(
       pool.discard(conn);
       if (!settled) {
         settled = true;
-        finish(bytes, "client closed the connection");
+        finish(bytes, CLIENT_CLOSED);
       }
     },
   }, { highWaterMark: 0 });

@@ -218,9 +218,13 @@ function buildResponse(
     return new Response(null, init);
   }
   if (head.framing === "length" && conn.end - conn.start >= head.length) {
-    // The whole body arrived with the head: hand it over in one piece.
+    // The whole body arrived with the head: hand it over in one piece. Deno.serve derives the
+    // same Content-Length from it natively, cheaper than validating the header in JS.
     const body = conn.buf.slice(conn.start, conn.start + head.length);
     conn.start += head.length;
+    for (let j = 0; j < headers.length; j++) {
+      if (headers[j][0] === "content-length") headers.splice(j--, 1);
+    }
     done(body.length);
     return new Response(body, init);
   }

@@ -42,18 +42,29 @@ export function connectionTokens(value: string | null): Set<string> | undefined 
   return tokens;
 }
 
+const utf8 = new TextEncoder();
+const scratch = new Uint8Array(64 * 1024);
+
 /** Encodes a string whose characters are all below U+0100 as one byte per character (ByteString). */
 export function latin1Bytes(text: string): Uint8Array {
-  // A request head is short: a JIT-compiled loop beats a call into the runtime's encoder.
+  // ASCII (nearly every head) is byte-for-byte the same in UTF-8, which the runtime encodes
+  // fastest into a reused buffer; anything else takes the per-character loop.
+  const { read, written } = utf8.encodeInto(text, scratch);
+  if (read === text.length && written === text.length) return scratch.slice(0, written);
   const out = new Uint8Array(text.length);
   for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
   return out;
 }
 
+const ascii = new TextDecoder();
+
 /** Decodes bytes one character per byte (ByteString), the way header values are represented. */
-export function latin1String(bytes: Uint8Array): string {
-  // fromCharCode in slices stays inside V8 (no native call) and bounds the argument count.
-  if (bytes.length <= 4096) return String.fromCharCode.apply(null, bytes as unknown as number[]);
+export function latin1String(
+  bytes: Uint8Array,
+  hasHighBytes = bytes.some((b) => b > 0x7f),
+): string {
+  // For ASCII, UTF-8 decoding gives the same string and is several times faster.
+  if (!hasHighBytes) return ascii.decode(bytes);
   let out = "";
   for (let i = 0; i < bytes.length; i += 4096) {
     out += String.fromCharCode.apply(null, bytes.subarray(i, i + 4096) as unknown as number[]);
@@ -108,9 +119,11 @@ export function findHeadEnd(buf: Uint8Array, from: number, to: number): number {
 export function parseResponseHead(head: Uint8Array, requestMethod: string): ResponseHead {
   // One pass over the bytes: no control characters, and CR and LF only as CRLF pairs.
   const len = head.length;
+  let high = false;
   for (let i = 0; i < len; i++) {
     const b = head[i];
-    if (b < 0x20 || b === 0x7f) {
+    if (b > 0x7f) high = true;
+    else if (b < 0x20 || b === 0x7f) {
       if (b === 13 && head[i + 1] === 10) {
         i++;
         continue;
@@ -122,7 +135,7 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
   }
   // `head` ends with the last line's CRLF.
   if (len < 2 || head[len - 2] !== 13) throw new ParseError("unterminated head");
-  const text = latin1String(head);
+  const text = latin1String(head, high);
   let eol = text.indexOf("\r\n");
   const statusLine = text.slice(0, eol);
   const match = STATUS_LINE.exec(statusLine);

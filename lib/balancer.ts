@@ -113,8 +113,9 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
       return textResponse(500, "Internal Server Error");
     },
   }, (req, info) => {
-    stats.client(info.remoteAddr, Date.now());
-    return proxy.handle(req, info);
+    const client = info.remoteAddr;
+    stats.client(client, Date.now());
+    return proxy.handle(req, client);
   });
   const addr = await listening;
   log.info(`sluice listening on http://${formatHost(addr.hostname)}:${addr.port}`, {

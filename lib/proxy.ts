@@ -82,18 +82,17 @@ interface Held {
 export class Proxy {
   constructor(public settings: ProxySettings, readonly parts: ProxyParts) {}
 
-  /** The `Deno.serve` handler. */
-  handle = async (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Promise<Response> => {
+  /** Handles one request from `client` (Deno.serve's `info.remoteAddr`, read once: each read is a runtime call). */
+  handle = async (req: Request, client: Deno.NetAddr): Promise<Response> => {
     const time = Date.now();
     const started = performance.now();
     const settings = this.settings;
     const { budget, queue, outlier, log } = this.parts;
     const target = requestTarget(req.url);
-    const ip = info.remoteAddr.hostname;
-    const clientId = req.headers.get("x-request-id");
-    // An empty ID is as good as none.
-    const requestId = clientId || crypto.randomUUID();
-    const forward = forwardHead(req, target, ip, "http", clientId ? undefined : requestId);
+    const ip = client.hostname;
+    const forward = forwardHead(req, target, ip, "http", undefined);
+    const requestId = forward.requestId ?? crypto.randomUUID();
+    if (forward.requestId === undefined) forward.text += "x-request-id: " + requestId + CRLF;
     const head = forward.hasHost ? latin1Bytes(forward.text + CRLF) : undefined;
     const body = req.body ? new RequestBody(req.body, settings.retryBuffer) : null;
     const method = req.method;

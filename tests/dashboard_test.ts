@@ -18,41 +18,13 @@ const hasChromium = (() => {
 })();
 if (!hasChromium) console.log(`dashboard tests skipped: ${CHROMIUM} is missing`);
 
-/**
- * Playwright reads the home directory when it is imported, which the project's standard test
- * flags (--allow-sys=hostname,osRelease) do not grant; then these tests run in a child
- * `deno test` that adds homedir. It also probes /proc/sys/fs/binfmt_misc for WSL at import,
- * which Deno allows only with --allow-all; its test hook variable defers that probe to the
- * `open` helper, which is never used here.
- */
-const PERMISSIONS = [
-  "--allow-net",
-  "--allow-read",
-  "--allow-write",
-  "--allow-run",
-  "--allow-env",
-  "--allow-sys=hostname,osRelease,homedir",
-];
-const inProcess = Deno.permissions.querySync({ name: "sys", kind: "homedir" }).state === "granted";
+// Playwright reads the home directory when imported (the test task grants --allow-sys=homedir)
+// and probes /proc/sys/fs/binfmt_misc for WSL, which Deno allows only with --allow-all; its test
+// hook variable defers that probe to the `open` helper, which is never used here.
 Deno.env.set("__IS_WSL_TEST__", "1");
-const { chromium } = hasChromium && inProcess
+const { chromium } = hasChromium
   ? await import("playwright-core")
   : { chromium: undefined as never };
-
-if (hasChromium && !inProcess) {
-  Deno.test("dashboard tests (in a child with --allow-sys=homedir for Playwright)", async () => {
-    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-      args: ["test", ...PERMISSIONS, new URL(import.meta.url).pathname],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const out = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
-    console.log(
-      out.trim().split("\n").filter((l) => /\.\.\.|passed|failed|error/i.test(l)).join("\n"),
-    );
-    assert.equal(code, 0, out);
-  });
-}
 
 async function launch(): Promise<Browser & AsyncDisposable> {
   const browser = await chromium.launch({
@@ -96,7 +68,7 @@ async function apiState(f: AdminFixture, id: string) {
 
 Deno.test({
   name: "dashboard follows a backend going down and back, and drains one with its button",
-  ignore: !hasChromium || !inProcess,
+  ignore: !hasChromium,
   async fn() {
     await using f = await startAdminFixture({
       token: TOKEN,
@@ -153,7 +125,7 @@ Deno.test({
 
 Deno.test({
   name: "dashboard without a configured token is read-only and says so",
-  ignore: !hasChromium || !inProcess,
+  ignore: !hasChromium,
   async fn() {
     await using f = await startAdminFixture({ backends: 1 });
     await using browser = await launch();
@@ -170,7 +142,7 @@ Deno.test({
 
 Deno.test({
   name: "dashboard asks for the token when the admin listener requires it for reads",
-  ignore: !hasChromium || !inProcess,
+  ignore: !hasChromium,
   async fn() {
     await using f = await startAdminFixture({ host: "0.0.0.0", token: TOKEN, backends: 1 });
     await using browser = await launch();
@@ -191,7 +163,7 @@ Deno.test({
 
 Deno.test({
   name: "dashboard screenshot for docs/dashboard.png (SLUICE_SCREENSHOT=1)",
-  ignore: !hasChromium || !inProcess || !Deno.env.get("SLUICE_SCREENSHOT"),
+  ignore: !hasChromium || !Deno.env.get("SLUICE_SCREENSHOT"),
   async fn() {
     const seconds = Number(Deno.env.get("SLUICE_SCREENSHOT_SECONDS") ?? 150);
     await using f = await startAdminFixture({

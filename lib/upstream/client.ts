@@ -202,7 +202,8 @@ function buildResponse(
     }
     headers.push(extra[i]);
   }
-  const init = { status: head.status, statusText: head.reason, headers };
+  // No statusText: Deno.serve always sends the standard reason phrase, so it would only cost time.
+  const init = { status: head.status, headers };
 
   const done = (bytes: number) => {
     const reusable = head.keepAlive && conn.start === conn.end;

@@ -124,7 +124,15 @@ export async function main(args: string[]): Promise<number> {
     log.error(`cannot start: ${(err as Error).message}`);
     return 1;
   }
-  const admin = config.admin ? await startAdmin(balancer, config.admin) : undefined;
+  let admin: Awaited<ReturnType<typeof startAdmin>> | undefined;
+  try {
+    admin = config.admin ? await startAdmin(balancer, config.admin) : undefined;
+  } catch (err) {
+    log.error(`cannot start the admin listener: ${(err as Error).message}`);
+    await balancer.shutdown();
+    Deno.removeSignalListener("SIGHUP", hangup);
+    return 1;
+  }
 
   const reload = async (why: string) => {
     if (!path) {

@@ -256,6 +256,21 @@ Deno.test("a port already in use is reported and exits 1", async () => {
   assert.match(stderr, /ERROR cannot start: .*in use/i);
 });
 
+Deno.test("an admin port already in use is reported, the balancer stops, and it exits 1", async () => {
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const config = [
+    "listen: { host: 127.0.0.1, port: 0 }",
+    "backends: [{ url: http://127.0.0.1:9001 }]",
+    `admin: { host: 127.0.0.1, port: ${taken.addr.port} }`,
+  ].join("\n");
+  await withFile("admin.yaml", config, async (path) => {
+    const { code, stderr } = await sluice("--config", path);
+    assert.equal(code, 1);
+    assert.match(stderr, /ERROR cannot start the admin listener: .*in use/i);
+    assert.match(stderr, /INFO {2}stopped/);
+  });
+});
+
 Deno.test("a real run on port 0 rotates requests across the backends and exits 0 on SIGTERM", async () => {
   const backends = await startBackends(3);
   try {

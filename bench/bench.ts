@@ -537,25 +537,11 @@ async function startNginx(bin: string, workers: string): Promise<Target> {
     SERVERS: backendPorts.map((p) => `    server 127.0.0.1:${p};`).join("\n"),
   });
   await Deno.writeTextFile(`${dir}/nginx.conf`, conf);
-  const test = await run(bin, [
-    "-t",
-    "-p",
-    dir,
-    "-e",
-    `${dir}/error.log`,
-    "-c",
-    `${dir}/nginx.conf`,
-  ], 10_000);
+  const args = ["-p", dir, "-e", `${dir}/error.log`, "-c", `${dir}/nginx.conf`];
+  const test = await run(bin, ["-t", ...args], 10_000);
   if (!test.ok) throw new Error(`nginx -t rejected the config:\n${test.stderr.trim()}`);
   // One worker shares core 1 like every other proxy; "auto" gets the whole machine.
-  const child = new Child(`nginx (${workers})`, bin, [
-    "-p",
-    dir,
-    "-e",
-    `${dir}/error.log`,
-    "-c",
-    `${dir}/nginx.conf`,
-  ], workers === "1" ? { core: 1 } : {});
+  const child = new Child(`nginx (${workers})`, bin, args, workers === "1" ? { core: 1 } : {});
   return { url: `http://127.0.0.1:${port}/`, child };
 }
 

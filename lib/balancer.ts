@@ -99,9 +99,14 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
     budget,
     queue,
     log,
-    observers: accessLog ? [stats, accessObserver] : [stats],
+    observers: [],
   });
 
+  // The proxy's observer list is derived: metrics first, then added observers, then the access log.
+  const listen = () => {
+    proxy.parts.observers = [stats, ...extra, ...(accessLog ? [accessObserver] : [])];
+  };
+  listen();
   const stopped = Promise.withResolvers<void>();
   const { promise: listening, resolve: onListen } = Promise.withResolvers<Deno.NetAddr>();
   const server = Deno.serve({
@@ -185,8 +190,7 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
         const old = accessLog;
         accessLog = next.accessLog ? new AccessLog(next.accessLog) : undefined;
         old?.close();
-        proxy.parts.observers.length = 0;
-        proxy.parts.observers.push(stats, ...extra, ...(accessLog ? [accessObserver] : []));
+        listen();
       }
       proxy.settings = proxySettings(next, pool);
       if (JSON.stringify(next.listen) !== JSON.stringify(current.listen)) {
@@ -201,12 +205,11 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
 
     addObserver(observer) {
       extra.push(observer);
-      proxy.parts.observers.push(observer);
+      listen();
       return () => {
-        for (const list of [extra, proxy.parts.observers]) {
-          const i = list.indexOf(observer);
-          if (i !== -1) list.splice(i, 1);
-        }
+        const i = extra.indexOf(observer);
+        if (i !== -1) extra.splice(i, 1);
+        listen();
       };
     },
     addBackend(entry) {

@@ -8,11 +8,9 @@ import type { RetryBudget } from "./retry_budget.ts";
 import type { SelectContext, Selector } from "./select/mod.ts";
 import { stickyCookie, type StickyOptions } from "./select/sticky.ts";
 import { CLIENT_CLOSED, exchange } from "./upstream/client.ts";
-import { latin1Bytes, UpstreamError } from "./upstream/http1.ts";
+import { IDEMPOTENT_METHODS, latin1Bytes, UpstreamError } from "./upstream/http1.ts";
 import { RequestBody } from "./upstream/request_body.ts";
 
-/** Methods that may be sent again after the first attempt reached the backend (RFC 9110 §9.2.2). */
-const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]);
 const CRLF = "\r\n";
 
 /** Settings the proxy reads per request; a reload swaps the whole object. */
@@ -61,7 +59,7 @@ export interface ProxyParts {
   budget: RetryBudget;
   queue: SlotQueue;
   log: Logger;
-  observers: ProxyObserver[];
+  observers: readonly ProxyObserver[];
 }
 
 interface AttemptState {
@@ -181,7 +179,7 @@ export class Proxy {
         held = { response, backend, upstreamMs, state };
         lastError = undefined;
         if (
-          !settings.retryOn.has(status) || !IDEMPOTENT.has(method) ||
+          !settings.retryOn.has(status) || !IDEMPOTENT_METHODS.has(method) ||
           (body !== null && !body.rewind())
         ) break;
       } catch (err) {
@@ -194,7 +192,7 @@ export class Proxy {
         if (err.kind !== "protocol") outlier.failure(backend, err.message);
         log.warn(`upstream ${backend.url} failed: ${err.message}`, { kind: err.kind, requestId });
         const retryable = !err.sent ||
-          (IDEMPOTENT.has(method) && err.kind !== "protocol" &&
+          (IDEMPOTENT_METHODS.has(method) && err.kind !== "protocol" &&
             (body === null || body.rewind()));
         if (!retryable) break;
       }

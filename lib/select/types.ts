@@ -19,9 +19,6 @@ export interface Selector {
   candidates(ctx: SelectContext): Iterable<Backend>;
 }
 
-/** Builds a strategy over a pool. */
-export type SelectorFactory = (pool: Pool) => Selector;
-
 /** The backends that may take new requests (state `up`, weight above 0), recomputed only when the pool changes. */
 export class Available {
   #version = -1;

@@ -4,6 +4,7 @@ import { type ConnectionPool, describeError } from "./connection_pool.ts";
 import {
   ChunkedDecoder,
   findHeadEnd,
+  IDEMPOTENT_METHODS,
   ParseError,
   parseResponseHead,
   type ResponseHead,
@@ -32,7 +33,6 @@ export const CLIENT_CLOSED = "client closed the connection";
 /** Called once when the response body has been fully relayed (error undefined) or has failed. */
 export type Finish = (bytes: number, error?: string) => void;
 
-const SAFE_TO_RESEND = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
 const NULL_BODY_STATUS = new Set([101, 204, 205, 304]);
 const CRLF = new Uint8Array([13, 10]);
 const LAST_CHUNK = new Uint8Array([48, 13, 10, 13, 10]);
@@ -56,7 +56,7 @@ export async function exchange(
     } catch (err) {
       // The backend may have closed the idle connection just as we reused it.
       if (!(err instanceof UpstreamError) || err.kind !== "reset") throw err;
-      const resendable = !err.sent || (SAFE_TO_RESEND.has(request.method) &&
+      const resendable = !err.sent || (IDEMPOTENT_METHODS.has(request.method) &&
         (request.body === null || request.body.rewind()));
       if (!resendable) throw err;
     }

@@ -17,8 +17,6 @@ export class Connection {
   buf = new Uint8Array(INITIAL_BUFFER);
   start = 0;
   end = 0;
-  /** Requests this connection has carried (0 while on its first). */
-  uses = 0;
   /** True while the connection sits unused in its pool. */
   idle = false;
   idleSince = 0;

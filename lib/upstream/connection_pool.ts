@@ -26,11 +26,6 @@ export class ConnectionPool {
     readonly options: ConnectionPoolOptions,
   ) {}
 
-  /** Number of idle connections. */
-  get idleCount(): number {
-    return this.#idle.length;
-  }
-
   /** An idle connection, or undefined if none. */
   takeIdle(): Connection | undefined {
     const conn = this.#idle.pop();
@@ -69,7 +64,6 @@ export class ConnectionPool {
       this.discard(conn);
       return;
     }
-    conn.uses++;
     conn.park(this.#onDead);
     this.#idle.push(conn);
     this.#sweeper ??= this.#startSweeper();

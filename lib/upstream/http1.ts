@@ -20,6 +20,15 @@ export class UpstreamError extends Error {
   }
 }
 
+/** Methods that may be sent again after a first attempt reached the backend (RFC 9110 §9.2.2). */
+export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
+  "GET",
+  "HEAD",
+  "OPTIONS",
+  "PUT",
+  "DELETE",
+]);
+
 /** Headers a proxy must not forward (RFC 9110 §7.6.1), lower-case. */
 export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "connection",

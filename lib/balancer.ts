@@ -117,11 +117,7 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
       log.error("request handling failed", { error: String(err) });
       return textResponse(500, "Internal Server Error");
     },
-  }, (req, info) => {
-    const client = info.remoteAddr;
-    stats.client(client, Date.now());
-    return proxy.handle(req, client);
-  });
+  }, proxy.handle);
   const addr = await listening;
   log.info(`sluice listening on http://${formatHost(addr.hostname)}:${addr.port}`, {
     strategy: config.strategy,

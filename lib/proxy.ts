@@ -27,6 +27,8 @@ export interface ProxySettings {
 export interface RequestRecord extends SelectContext {
   /** Start time, ms since epoch. */
   time: number;
+  /** The client's port (its address is `ip`). */
+  port: number;
   method: string;
   /** Status sent to the client. */
   status: number;
@@ -62,31 +64,31 @@ export interface ProxyParts {
   observers: readonly ProxyObserver[];
 }
 
-interface AttemptState {
+/** One attempt at a backend; the one whose response goes to the client settles the request. */
+interface Attempt {
+  backend: Backend;
+  response: Response | undefined;
+  upstreamMs: number;
+  /** Handed to the client. */
   returned: boolean;
+  /** Response body through, or failed. */
   finished: boolean;
   bytes: number;
   error: string | undefined;
-}
-
-interface Held {
-  response: Response;
-  backend: Backend;
-  upstreamMs: number;
-  state: AttemptState;
 }
 
 /** Handles client requests for `Deno.serve`. */
 export class Proxy {
   constructor(public settings: ProxySettings, readonly parts: ProxyParts) {}
 
-  /** Handles one request from `client` (Deno.serve's `info.remoteAddr`, read once: each read is a runtime call). */
-  handle = async (req: Request, client: Deno.NetAddr): Promise<Response> => {
+  /** Handles one request for `Deno.serve`. */
+  handle = async (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Promise<Response> => {
     const time = Date.now();
     const started = performance.now();
     const settings = this.settings;
     const { budget, queue, outlier, log } = this.parts;
     const target = requestTarget(req.url);
+    const client = info.remoteAddr; // read once: each read is a call into the runtime
     const ip = client.hostname;
     const forward = forwardHead(req, target, ip, "http", undefined);
     const requestId = forward.requestId ?? crypto.randomUUID();
@@ -97,6 +99,7 @@ export class Proxy {
     const record: RequestRecord = {
       time,
       ip,
+      port: client.port,
       method,
       target,
       status: 0,
@@ -114,7 +117,7 @@ export class Proxy {
 
     let attempts = 0;
     let lastError: UpstreamError | undefined;
-    let held: Held | undefined; // a retryable 5xx kept in case no retry is possible
+    let held: Attempt | undefined; // a retryable 5xx kept in case no retry is possible
     let sawFull = false;
     let queueDeadline = 0; // one queueTimeout in all, however often a freed slot is taken first
     let candidates = settings.selector.candidates(record)[Symbol.iterator]();
@@ -140,13 +143,21 @@ export class Proxy {
         if (attempts > settings.retries || !budget.tryRetry()) break;
         record.retries++;
         for (const o of this.parts.observers) o.retry(backend);
-        held?.response.body?.cancel().catch(() => {});
+        held?.response!.body?.cancel().catch(() => {});
         held = undefined;
       }
       attempts++;
       backend.acquire();
-      const attemptStart = performance.now();
-      const state: AttemptState = { returned: false, finished: false, bytes: 0, error: undefined };
+      const attemptStart = attempts === 1 ? started : performance.now();
+      const state: Attempt = {
+        backend,
+        response: undefined,
+        upstreamMs: 0,
+        returned: false,
+        finished: false,
+        bytes: 0,
+        error: undefined,
+      };
       // Settles the request once the response body is through (or failed).
       const finish = (bytes: number, error?: string) => {
         backend.release();
@@ -157,26 +168,26 @@ export class Proxy {
         if (state.returned) this.#settle(record, state, started);
       };
       try {
-        const { response, head: responseHead } = await exchange(backend.connections, {
+        const response = await exchange(backend.connections, {
           method,
           head: head ?? latin1Bytes(`${forward.text}host: ${backend.authority}${CRLF}${CRLF}`),
           body,
           chunked: forward.chunked,
           responseTimeout: settings.responseTimeout,
-          responseHeaders:
+          requestId,
+          setCookie:
             settings.sticky && !hasStickyCookie(req, settings.sticky.cookie, backend.cookie)
-              ? [["x-request-id", requestId], [
-                "set-cookie",
-                stickyCookie(settings.sticky, backend.cookie),
-              ]]
-              : [["x-request-id", requestId]],
+              ? stickyCookie(settings.sticky, backend.cookie)
+              : undefined,
         }, finish);
         const upstreamMs = performance.now() - attemptStart;
         backend.observeLatency(upstreamMs, time + (attemptStart - started) + upstreamMs);
-        const status = responseHead.status;
+        const status = response.status;
         if (status >= 500) outlier.failure(backend, `status ${status}`);
         else outlier.success(backend);
-        held = { response, backend, upstreamMs, state };
+        state.response = response;
+        state.upstreamMs = upstreamMs;
+        held = state;
         lastError = undefined;
         if (
           !settings.retryOn.has(status) || !IDEMPOTENT_METHODS.has(method) ||
@@ -198,13 +209,13 @@ export class Proxy {
       }
     }
     if (held) {
-      const { response, backend, state } = held;
+      const response = held.response!;
       record.status = response.status;
-      record.backend = backend;
+      record.backend = held.backend;
       record.answered = true;
       record.upstreamMs = held.upstreamMs;
-      state.returned = true;
-      if (state.finished) this.#settle(record, state, started);
+      held.returned = true;
+      if (held.finished) this.#settle(record, held, started);
       return response;
     }
     body?.cancel();
@@ -220,7 +231,7 @@ export class Proxy {
     return response;
   };
 
-  #settle(record: RequestRecord, state: AttemptState, started: number): void {
+  #settle(record: RequestRecord, state: Attempt, started: number): void {
     record.bytes = state.bytes;
     record.error = state.error;
     if (state.error) {

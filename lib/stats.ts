@@ -6,17 +6,9 @@ import type { UpstreamError } from "./upstream/http1.ts";
 
 /** How long a client connection counts as open after its last request (Deno.serve reports no closes). */
 const CONNECTION_WINDOW = 60_000;
-const METHODS = new Set([
-  "GET",
-  "HEAD",
-  "POST",
-  "PUT",
-  "DELETE",
-  "PATCH",
-  "OPTIONS",
-  "TRACE",
-  "CONNECT",
-]);
+const METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"];
+/** Method label index; other methods count as "OTHER" (index METHODS.length). */
+const METHOD_INDEX = new Map(METHODS.map((m, i) => [m, i]));
 const STATES: BackendState[] = ["up", "down", "ejected", "draining", "disabled"];
 
 /** Metric families and the observer that feeds them. */
@@ -32,11 +24,11 @@ export class Stats implements ProxyObserver {
   readonly ejections: Counter;
   readonly reloads: Counter;
   readonly startedAt = Date.now();
-  readonly #clients = new Map<string, number>();
+  readonly #clients = new Map<string, Map<number, number>>();
   readonly #series = new Map<string, {
     duration: { observe(value: number): void };
     upstream: { observe(value: number): void };
-    requests: Map<string, { value: number }>;
+    requests: Map<number, { value: number }>;
   }>();
 
   constructor(readonly pool: Pool, readonly configVersion: () => number) {
@@ -170,6 +162,10 @@ export class Stats implements ProxyObserver {
 
   /** ProxyObserver: a request finished. */
   request(r: RequestRecord): void {
+    // Keyed by address, then port: no string to build per request.
+    let ports = this.#clients.get(r.ip);
+    if (!ports) this.#clients.set(r.ip, ports = new Map());
+    ports.set(r.port, r.time);
     const backend = r.backend?.id ?? "";
     // Series are cached per backend and method+status, so a request costs no label arrays.
     let series = this.#series.get(backend);
@@ -181,11 +177,11 @@ export class Stats implements ProxyObserver {
       };
       this.#series.set(backend, series);
     }
-    const method = METHODS.has(r.method) ? r.method : "OTHER";
-    const key = method + r.status;
+    const index = METHOD_INDEX.get(r.method) ?? METHODS.length;
+    const key = r.status * 16 + index;
     let count = series.requests.get(key);
     if (!count) {
-      count = this.requests.cell([backend, method, String(r.status)]);
+      count = this.requests.cell([backend, METHODS[index] ?? "OTHER", String(r.status)]);
       series.requests.set(key, count);
     }
     count.value++;
@@ -196,17 +192,17 @@ export class Stats implements ProxyObserver {
     }
   }
 
-  /** Notes a client connection (address and port) as active. */
-  client(addr: Deno.NetAddr, now: number): void {
-    this.#clients.set(addr.hostname + ":" + addr.port, now);
-  }
-
   /** Client connections that sent a request in the last minute. */
   clientConnections(now = Date.now()): number {
-    for (const [key, seen] of this.#clients) {
-      if (now - seen > CONNECTION_WINDOW) this.#clients.delete(key);
+    let count = 0;
+    for (const [ip, ports] of this.#clients) {
+      for (const [port, seen] of ports) {
+        if (now - seen > CONNECTION_WINDOW) ports.delete(port);
+      }
+      if (ports.size === 0) this.#clients.delete(ip);
+      count += ports.size;
     }
-    return this.#clients.size;
+    return count;
   }
 
   /** ProxyObserver: an upstream attempt failed. */

@@ -22,9 +22,9 @@ export function roundRobin(pool: Pool): Selector {
 
 function equalWeights(pool: Pool, list: readonly { weight: number; upSince: number }[]): boolean {
   const w = list[0].weight;
+  for (const b of list) if (b.weight !== w) return false;
+  if (pool.slowStart === 0) return true;
   const rampUntil = Date.now() - pool.slowStart;
-  for (const b of list) {
-    if (b.weight !== w || (pool.slowStart > 0 && b.upSince > rampUntil)) return false;
-  }
+  for (const b of list) if (b.upSince > rampUntil) return false;
   return true;
 }

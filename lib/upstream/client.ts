@@ -10,7 +10,6 @@ import {
   type ResponseHead,
   UpstreamError,
 } from "./http1.ts";
-import { cancel, deadline } from "./deadlines.ts";
 import type { RequestBody } from "./request_body.ts";
 
 /** What one exchange needs. */
@@ -23,8 +22,10 @@ export interface UpstreamRequest {
   chunked: boolean;
   /** Milliseconds to wait for the response head. */
   responseTimeout: number;
-  /** Headers the balancer adds to the response (replacing the backend's of the same name, except Set-Cookie). */
-  responseHeaders: [string, string][];
+  /** Sent back as `X-Request-Id`, replacing the backend's. */
+  requestId: string;
+  /** A `Set-Cookie` value to add to the response (sticky sessions), after the backend's own. */
+  setCookie: string | undefined;
 }
 
 /** The `Finish` error when the client went away mid-body: routine, not the backend's fault. */
@@ -48,91 +49,89 @@ export async function exchange(
   pool: ConnectionPool,
   request: UpstreamRequest,
   finish: Finish,
-): Promise<{ response: Response; head: ResponseHead }> {
-  const idle = pool.takeIdle();
-  if (idle) {
+): Promise<Response> {
+  // One async frame for the whole exchange: this is the hot path of every request.
+  let conn = pool.takeIdle();
+  let reused = conn !== undefined;
+  conn ??= await pool.connect();
+  for (;;) {
+    const timer = conn.deadline;
+    let sent = false;
+    let waiting = true; // for the response head
+    let pump: Promise<boolean> | undefined;
     try {
-      return await attempt(pool, idle, request, finish);
+      timer.arm(request.responseTimeout);
+      const head = request.head;
+      const n = await conn.raw.write(head);
+      sent = true;
+      if (n < head.length) await conn.write(head.subarray(n));
+      if (request.body) {
+        // While the body is being sent, the deadline counts from the latest body write.
+        const progress = () => {
+          if (waiting) timer.arm(request.responseTimeout);
+        };
+        pump = sendBody(conn, request.body, request.chunked, progress);
+      }
+      let response: ResponseHead | undefined;
+      let scanned = conn.start;
+      for (;;) {
+        const end = findHeadEnd(conn.buf, scanned, conn.end);
+        if (end === -1) {
+          rejectBareLf(conn, scanned);
+          scanned = Math.max(conn.start, conn.end - 3);
+          const before = conn.start;
+          const got = await conn.receive();
+          if (got === null) {
+            throw new UpstreamError(
+              "reset",
+              conn.end > conn.start
+                ? "connection closed inside the response head"
+                : "connection closed before a response",
+              true,
+            );
+          }
+          conn.end += got;
+          scanned += conn.start - before; // receive() may have moved the buffered bytes to the front
+          continue;
+        }
+        response = parseResponseHead(conn.buf.subarray(conn.start, end - 2), request.method);
+        conn.start = end;
+        scanned = end;
+        if (response.status >= 200) break;
+        if (response.status === 101) throw new ParseError("unexpected 101 Switching Protocols");
+        // 1xx interim responses (100 Continue, 103 Early Hints) are skipped.
+      }
+      waiting = false;
+      timer.disarm();
+      return buildResponse(pool, conn, response, request, pump, finish);
     } catch (err) {
+      waiting = false;
+      timer.disarm();
+      pool.discard(conn);
+      const failure = upstreamError(err, timer.expired, sent, request.responseTimeout);
       // The backend may have closed the idle connection just as we reused it.
-      if (!(err instanceof UpstreamError) || err.kind !== "reset") throw err;
-      const resendable = !err.sent || (IDEMPOTENT_METHODS.has(request.method) &&
-        (request.body === null || request.body.rewind()));
-      if (!resendable) throw err;
+      const resend = reused && failure.kind === "reset" && (!failure.sent ||
+        (IDEMPOTENT_METHODS.has(request.method) &&
+          (request.body === null || request.body.rewind())));
+      if (!resend) throw failure;
+      reused = false;
+      conn = await pool.connect();
     }
   }
-  return await attempt(pool, await pool.connect(), request, finish);
 }
 
-async function attempt(
-  pool: ConnectionPool,
-  conn: Connection,
-  request: UpstreamRequest,
-  finish: Finish,
-): Promise<{ response: Response; head: ResponseHead }> {
-  let sent = false;
-  let timer = deadline(request.responseTimeout, () => pool.discard(conn));
-  let waiting = true; // for the response head
-  let pump: Promise<boolean> | undefined;
-  try {
-    const head = request.head;
-    const n = await conn.raw.write(head);
-    sent = true;
-    if (n < head.length) await conn.write(head.subarray(n));
-    if (request.body) {
-      // While the body is being sent, the deadline counts from the latest body write.
-      const progress = () => {
-        if (!waiting) return;
-        cancel(timer);
-        timer = deadline(request.responseTimeout, () => pool.discard(conn));
-      };
-      pump = sendBody(conn, request.body, request.chunked, progress);
-    }
-    let response: ResponseHead | undefined;
-    let scanned = conn.start;
-    for (;;) {
-      const end = findHeadEnd(conn.buf, scanned, conn.end);
-      if (end === -1) {
-        rejectBareLf(conn, scanned);
-        scanned = Math.max(conn.start, conn.end - 3);
-        const before = conn.start;
-        if ((await conn.fill()) === null) {
-          throw new UpstreamError(
-            "reset",
-            conn.end > conn.start
-              ? "connection closed inside the response head"
-              : "connection closed before a response",
-            true,
-          );
-        }
-        scanned += conn.start - before; // fill() may have moved the buffered bytes to the front
-        continue;
-      }
-      response = parseResponseHead(conn.buf.subarray(conn.start, end - 2), request.method);
-      conn.start = end;
-      scanned = end;
-      if (response.status >= 200) break;
-      if (response.status === 101) throw new ParseError("unexpected 101 Switching Protocols");
-      // 1xx interim responses (100 Continue, 103 Early Hints) are skipped.
-    }
-    waiting = false;
-    cancel(timer);
-    return {
-      response: buildResponse(pool, conn, response, request.responseHeaders, pump, finish),
-      head: response,
-    };
-  } catch (err) {
-    waiting = false;
-    cancel(timer);
-    pool.discard(conn);
-    if (timer.expired) {
-      throw new UpstreamError("timeout", `no response within ${request.responseTimeout}ms`, true);
-    }
-    if (err instanceof UpstreamError) throw err;
-    if (err instanceof ParseError) throw new UpstreamError("protocol", err.message, true);
-    if (err instanceof HeadTooLarge) throw new UpstreamError("protocol", err.message, true);
-    throw new UpstreamError("reset", describeError(err), sent);
+function upstreamError(
+  err: unknown,
+  expired: boolean,
+  sent: boolean,
+  timeout: number,
+): UpstreamError {
+  if (expired) return new UpstreamError("timeout", `no response within ${timeout}ms`, true);
+  if (err instanceof UpstreamError) return err;
+  if (err instanceof ParseError || err instanceof HeadTooLarge) {
+    return new UpstreamError("protocol", err.message, true);
   }
+  return new UpstreamError("reset", describeError(err), sent);
 }
 
 /** A head with bare LF line endings never contains CRLFCRLF: reject it instead of waiting. */
@@ -188,20 +187,21 @@ function buildResponse(
   pool: ConnectionPool,
   conn: Connection,
   head: ResponseHead,
-  extra: [string, string][],
+  request: UpstreamRequest,
   pump: Promise<boolean> | undefined,
   finish: Finish,
 ): Response {
   const headers = head.headers;
-  for (let i = 0; i < extra.length; i++) {
-    const name = extra[i][0];
-    if (name !== "set-cookie") {
-      for (let j = 0; j < headers.length; j++) {
-        if (headers[j][0] === name) headers.splice(j--, 1);
-      }
-    }
-    headers.push(extra[i]);
+  const framing = head.framing;
+  // The whole body arrived with the head: hand it over in one piece. Deno.serve derives the
+  // same Content-Length from it natively, cheaper than validating the header in JS.
+  const whole = framing === "length" && conn.end - conn.start >= head.length;
+  for (let j = 0; j < headers.length; j++) {
+    const name = headers[j][0];
+    if (name === "x-request-id" || (whole && name === "content-length")) headers.splice(j--, 1);
   }
+  headers.push(["x-request-id", request.requestId]);
+  if (request.setCookie !== undefined) headers.push(["set-cookie", request.setCookie]);
   // No statusText: Deno.serve always sends the standard reason phrase, so it would only cost time.
   const init = { status: head.status, headers };
 
@@ -213,19 +213,14 @@ function buildResponse(
     finish(bytes);
   };
 
-  if (head.framing === "none" || NULL_BODY_STATUS.has(head.status)) {
-    if (head.framing !== "none") head.keepAlive = false;
+  if (framing === "none" || NULL_BODY_STATUS.has(head.status)) {
+    if (framing !== "none") head.keepAlive = false;
     done(0);
     return new Response(null, init);
   }
-  if (head.framing === "length" && conn.end - conn.start >= head.length) {
-    // The whole body arrived with the head: hand it over in one piece. Deno.serve derives the
-    // same Content-Length from it natively, cheaper than validating the header in JS.
+  if (whole) {
     const body = conn.buf.slice(conn.start, conn.start + head.length);
     conn.start += head.length;
-    for (let j = 0; j < headers.length; j++) {
-      if (headers[j][0] === "content-length") headers.splice(j--, 1);
-    }
     done(body.length);
     return new Response(body, init);
   }

@@ -1,4 +1,5 @@
 /** One keep-alive TCP (or TLS) connection to a backend, with its read buffer. */
+import { Deadline } from "./deadlines.ts";
 
 const INITIAL_BUFFER = 16 * 1024;
 /** Largest response head accepted from a backend. */
@@ -22,11 +23,25 @@ export class Connection {
   idleSince = 0;
   closed = false;
   #pending: Promise<number | null> | undefined;
+  /** The response deadline of the request in progress; when it fires the connection is closed. */
+  readonly deadline: Deadline;
 
-  constructor(readonly raw: Deno.Conn) {}
+  constructor(readonly raw: Deno.Conn, onTimeout: (conn: Connection) => void) {
+    this.deadline = new Deadline(() => onTimeout(this));
+  }
 
   /** Reads more bytes after `end`, growing the buffer up to {@linkcode MAX_HEAD} if full. Null at EOF. */
   async fill(): Promise<number | null> {
+    const n = await this.receive();
+    if (n !== null) this.end += n;
+    return n;
+  }
+
+  /**
+   * The read behind {@linkcode fill} without its async wrapper, for the response-head hot
+   * path: makes room, starts the read, and leaves adding the count to `end` to the caller.
+   */
+  receive(): Promise<number | null> {
     if (this.start === this.end) {
       this.start = this.end = 0;
     } else if (this.end === this.buf.length) {
@@ -42,10 +57,9 @@ export class Connection {
       }
     }
     const pending = this.#pending;
+    if (pending === undefined) return this.raw.read(this.buf.subarray(this.end));
     this.#pending = undefined;
-    const n = await (pending ?? this.raw.read(this.buf.subarray(this.end)));
-    if (n !== null) this.end += n;
-    return n;
+    return pending;
   }
 
   /** Reads directly into `target` when no buffered bytes remain (body fast path). */

@@ -55,7 +55,7 @@ export class ConnectionPool {
       );
     }
     this.open++;
-    return new Connection(raw);
+    return new Connection(raw, this.#discardConn);
   }
 
   /** Returns a connection after a complete exchange so the next request can reuse it. */
@@ -88,6 +88,8 @@ export class ConnectionPool {
     if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
     this.#sweeper = undefined;
   }
+
+  #discardConn = (conn: Connection): void => this.discard(conn);
 
   #onDead = (conn: Connection): void => {
     const i = this.#idle.indexOf(conn);

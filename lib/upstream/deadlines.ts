@@ -3,43 +3,45 @@
 /** How often deadlines are checked (ms); response timeouts fire at most this late. */
 const TICK = 10;
 
-/** A pending deadline; `expired` turns true when it fired. */
-export interface Deadline {
-  at: number;
-  expired: boolean;
-  onExpire: () => void;
-}
-
-const pending = new Set<Deadline>();
+const armed = new Set<Deadline>();
 let ticker: ReturnType<typeof setInterval> | undefined;
+
+/** A reusable deadline (one per connection): armed per request, so a request allocates no timer. */
+export class Deadline {
+  at = 0;
+  /** True once it fired, until armed again. */
+  expired = false;
+
+  constructor(readonly onExpire: () => void) {}
+
+  /** Calls `onExpire` about `ms` from now unless disarmed first; re-arming moves the deadline. */
+  arm(ms: number): void {
+    this.at = performance.now() + ms;
+    this.expired = false;
+    armed.add(this);
+    if (ticker === undefined) {
+      ticker = setInterval(tick, TICK);
+      Deno.unrefTimer(ticker as unknown as number);
+    }
+  }
+
+  /** Cancels the deadline (no-op if it fired already). */
+  disarm(): void {
+    armed.delete(this);
+  }
+}
 
 function tick(): void {
   const now = performance.now();
-  for (const d of pending) {
+  for (const d of armed) {
     if (d.at <= now) {
-      pending.delete(d);
+      armed.delete(d);
       d.expired = true;
       d.onExpire();
     }
   }
-  if (pending.size === 0) {
+  if (armed.size === 0) {
     clearInterval(ticker);
     ticker = undefined;
   }
-}
-
-/** Calls `onExpire` about `ms` from now unless cancelled first. */
-export function deadline(ms: number, onExpire: () => void): Deadline {
-  const d: Deadline = { at: performance.now() + ms, expired: false, onExpire };
-  pending.add(d);
-  if (ticker === undefined) {
-    ticker = setInterval(tick, TICK);
-    Deno.unrefTimer(ticker as unknown as number);
-  }
-  return d;
-}
-
-/** Cancels a deadline (no-op if it fired already). */
-export function cancel(d: Deadline): void {
-  pending.delete(d);
 }

@@ -143,7 +143,7 @@ export class Proxy {
         if (attempts > settings.retries || !budget.tryRetry()) break;
         record.retries++;
         for (const o of this.parts.observers) o.retry(backend);
-        held?.response!.body?.cancel().catch(() => {});
+        held?.response?.body?.cancel().catch(() => {});
         held = undefined;
       }
       attempts++;

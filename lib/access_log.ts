@@ -14,12 +14,31 @@ function pad(n: number): string {
   return n < 10 ? "0" + n : String(n);
 }
 
-/** `[10/Oct/2000:13:55:36 +0000]`, always UTC. */
+// Under load many requests share a millisecond (and a second): format each time once.
+let clfSecond = NaN;
+let clfText = "";
+let isoMs = NaN;
+let isoText = "";
+
+/** `10/Oct/2000:13:55:36 +0000`, always UTC. */
 function clfTime(ms: number): string {
-  const d = new Date(ms);
-  return `${pad(d.getUTCDate())}/${MONTHS[d.getUTCMonth()]}/${d.getUTCFullYear()}:${
-    pad(d.getUTCHours())
-  }:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} +0000`;
+  const second = Math.floor(ms / 1000);
+  if (second !== clfSecond) {
+    const d = new Date(ms);
+    clfSecond = second;
+    clfText = `${pad(d.getUTCDate())}/${MONTHS[d.getUTCMonth()]}/${d.getUTCFullYear()}:${
+      pad(d.getUTCHours())
+    }:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} +0000`;
+  }
+  return clfText;
+}
+
+function isoTime(ms: number): string {
+  if (ms !== isoMs) {
+    isoMs = ms;
+    isoText = new Date(ms).toISOString();
+  }
+  return isoText;
 }
 
 function quoted(value: string | null): string {
@@ -31,22 +50,17 @@ function word(value: string): string {
   return /^[!#-[\]-~]+$/.test(value) ? value : JSON.stringify(value);
 }
 
+const json = JSON.stringify;
+
 /** Formats a record as one JSON object. */
 export function jsonLine(r: RequestRecord): string {
-  return JSON.stringify({
-    time: new Date(r.time).toISOString(),
-    client: r.ip,
-    method: r.method,
-    target: r.target,
-    status: r.status,
-    bytes: r.bytes,
-    duration_ms: Math.round(r.durationMs * 1000) / 1000,
-    upstream_ms: Math.round(r.upstreamMs * 1000) / 1000,
-    backend: r.backend?.id ?? null,
-    retries: r.retries,
-    request_id: r.requestId,
-    ...(r.error ? { error: r.error } : {}),
-  });
+  // Assembled by hand: several times cheaper than stringifying an object, the same text.
+  return `{"time":"${isoTime(r.time)}","client":${json(r.ip)},"method":${json(r.method)},` +
+    `"target":${json(r.target)},"status":${r.status},"bytes":${r.bytes},` +
+    `"duration_ms":${Math.round(r.durationMs * 1000) / 1000},` +
+    `"upstream_ms":${Math.round(r.upstreamMs * 1000) / 1000},` +
+    `"backend":${r.backend ? json(r.backend.id) : "null"},"retries":${r.retries},` +
+    `"request_id":${json(r.requestId)}${r.error ? `,"error":${json(r.error)}` : ""}}`;
 }
 
 /**

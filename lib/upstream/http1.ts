@@ -105,7 +105,6 @@ export class ParseError extends Error {
 }
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-const STATUS_LINE = /^HTTP\/1\.([01]) ([1-9]\d\d)(?: ([^\r\n]*))?$/;
 
 /** Index just past the first CRLFCRLF in buf[from, to), or -1. */
 export function findHeadEnd(buf: Uint8Array, from: number, to: number): number {
@@ -146,15 +145,20 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
   if (len < 2 || head[len - 2] !== 13) throw new ParseError("unterminated head");
   const text = latin1String(head, high);
   let eol = text.indexOf("\r\n");
-  const statusLine = text.slice(0, eol);
-  const match = STATUS_LINE.exec(statusLine);
-  if (!match) {
-    throw new ParseError(`malformed status line ${JSON.stringify(statusLine.slice(0, 80))}`);
+  // HTTP/1.x SP 3DIGIT [SP reason], checked by character code: a regex here costs a match array per response.
+  const minor = text.charCodeAt(7);
+  const d1 = text.charCodeAt(9) - 48, d2 = text.charCodeAt(10) - 48, d3 = text.charCodeAt(11) - 48;
+  if (
+    eol < 12 || !text.startsWith("HTTP/1.") || (minor !== 48 && minor !== 49) ||
+    text.charCodeAt(8) !== 32 || !(d1 >= 1 && d1 <= 9) || !(d2 >= 0 && d2 <= 9) ||
+    !(d3 >= 0 && d3 <= 9) || (eol > 12 && text.charCodeAt(12) !== 32)
+  ) {
+    throw new ParseError(`malformed status line ${JSON.stringify(text.slice(0, eol).slice(0, 80))}`);
   }
-  const http10 = match[1] === "0";
-  const status = Number(match[2]);
+  const http10 = minor === 48;
+  const status = d1 * 100 + d2 * 10 + d3;
   if (status > 599) throw new ParseError(`status ${status} outside 100-599`);
-  const reason = match[3] ?? "";
+  const reason = eol > 12 ? text.slice(13, eol) : "";
 
   const headers: [string, string][] = [];
   let contentLength = -1;

@@ -186,6 +186,25 @@ async function procRead(...paths: string[]): Promise<string> {
 }
 
 /** Pids of every descendant of `pid`, so nothing is left behind if a parent is killed. */
+/** User + system CPU ticks used so far by `pids` (read with cat: Deno only reads /proc with -A). */
+async function cpuTicks(pids: number[]): Promise<number> {
+  const out = await run("cat", pids.map((p) => `/proc/${p}/stat`), 5000, { abortable: false });
+  let ticks = 0;
+  for (const line of out.stdout.split("\n")) {
+    const close = line.lastIndexOf(")");
+    if (close < 0) continue;
+    const fields = line.slice(close + 2).split(" ");
+    ticks += Number(fields[11]) + Number(fields[12]); // utime, stime
+  }
+  return ticks;
+}
+
+let clockTicks = 0;
+async function clockTicksPerSecond(): Promise<number> {
+  clockTicks ||= Number((await run("getconf", ["CLK_TCK"], 5000)).stdout.trim()) || 100;
+  return clockTicks;
+}
+
 async function descendants(pid: number): Promise<number[]> {
   const parent = new Map<number, number>();
   const stats = await run("sh", ["-c", "cat /proc/[0-9]*/stat 2>/dev/null"], 5000, {
@@ -340,6 +359,8 @@ interface LoadResult {
   non2xx: number;
   errors: number; // socket errors / timeouts
   errorText: string;
+  /** CPU time the proxy's processes used per request during the run, µs (proxy rows only). */
+  cpuUs?: number;
 }
 
 interface LoadGen {
@@ -645,7 +666,15 @@ async function measureRow(r: Row, gen: LoadGen): Promise<void> {
       r.notes.push(note);
     }
     const warm = WARMUP > 0 ? await gen.measure(target.url, WARMUP) : undefined;
+    // The proxy's own CPU per request: unlike throughput, it does not hit the backends' ceiling.
+    const proxy = r.group !== "direct" && target.child ? target.child.proc.pid : undefined;
+    const pids = proxy ? [proxy, ...(await descendants(proxy))] : [];
+    const before = proxy ? await cpuTicks(pids) : 0;
     const res = await gen.measure(target.url, DURATION);
+    if (proxy) {
+      const used = (await cpuTicks(pids)) - before;
+      res.cpuUs = (used / (await clockTicksPerSecond())) * 1e6 / res.requests;
+    }
     r.runs.push(res);
     r.sent = (warm?.requests ?? 0) + res.requests;
     const sorted = [...r.runs].sort((a, b) => a.rps - b.rps);
@@ -657,6 +686,7 @@ async function measureRow(r: Row, gen: LoadGen): Promise<void> {
     if (dead) r.issues.push(dead);
     log(
       `  ${fmtRps(res.rps)} req/s, p50 ${fmtMs(res.p50)}, p99 ${fmtMs(res.p99)}` +
+        (res.cpuUs !== undefined ? `, ${fmtCpu(res.cpuUs)} CPU per request` : "") +
         (r.issues.length ? `  [${r.issues.join("; ")}]` : ""),
     );
   } catch (err) {
@@ -674,6 +704,13 @@ const fmtRps = (n: number) => Number.isFinite(n) ? Math.round(n).toLocaleString(
 const fmtMs = (n: number) =>
   !Number.isFinite(n) ? "?" : `${n < 10 ? n.toFixed(2) : n.toFixed(1)} ms`;
 const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
+const fmtCpu = (us: number | undefined) => us === undefined ? "" : `${us.toFixed(1)} µs`;
+/** Median CPU per request over a row's rounds. */
+function cpuOf(r: Row | undefined): number | undefined {
+  const values = (r?.runs ?? []).flatMap((x) => x.cpuUs === undefined ? [] : [x.cpuUs]);
+  values.sort((a, b) => a - b);
+  return values.length ? values[Math.floor((values.length - 1) / 2)] : undefined;
+}
 
 async function versionOf(bin: string | undefined, args: string[], re: RegExp): Promise<string> {
   if (!bin) return "not installed";
@@ -878,8 +915,10 @@ async function report(
         "not absolute numbers.",
   );
   lines.push("");
-  lines.push("| # | Target | Requests/s | p50 | p99 | vs nginx (1 worker) | Check |");
-  lines.push("|---|--------|-----------:|----:|----:|--------------------:|-------|");
+  lines.push(
+    "| # | Target | Requests/s | p50 | p99 | vs nginx (1 worker) | CPU per request | Check |",
+  );
+  lines.push("|---|--------|-----------:|----:|----:|--------------------:|----------:|-------|");
   for (const r of rows) {
     const res = r.result;
     const vs = r.group === "sluice" && res && nginx1 ? pct(res.rps / nginx1.rps) : "";
@@ -892,7 +931,7 @@ async function report(
     lines.push(
       `| ${r.id} | ${r.label} | ${res ? fmtRps(res.rps) : "–"} | ${res ? fmtMs(res.p50) : "–"} | ${
         res ? fmtMs(res.p99) : "–"
-      } | ${vs} | ${check}${notes} |`,
+      } | ${vs} | ${fmtCpu(cpuOf(r))} | ${check}${notes} |`,
     );
   }
   lines.push("");
@@ -912,6 +951,19 @@ async function report(
       return res ? [`row ${id} ${pct(res.rps / nginx1.rps)}`] : [];
     });
     if (parts.length) lines.push(`- sluice / nginx (1 worker) throughput: ${parts.join(", ")}.`);
+  }
+  const nginxCpu = cpuOf(rows.find((r) => r.id === "5a"));
+  if (nginxCpu !== undefined) {
+    const parts = ["2", "3a", "3b"].flatMap((id) => {
+      const cpu = cpuOf(rows.find((r) => r.id === id));
+      return cpu !== undefined ? [`row ${id} ${pct(nginxCpu / cpu)}`] : [];
+    });
+    if (parts.length) {
+      lines.push(
+        `- nginx (1 worker) CPU per request / sluice's, the throughput ratio when the proxy ` +
+          `alone is the limit: ${parts.join(", ")}.`,
+      );
+    }
   }
   const direct = get("1");
   if (direct && base) {

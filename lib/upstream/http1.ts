@@ -153,7 +153,9 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
     text.charCodeAt(8) !== 32 || !(d1 >= 1 && d1 <= 9) || !(d2 >= 0 && d2 <= 9) ||
     !(d3 >= 0 && d3 <= 9) || (eol > 12 && text.charCodeAt(12) !== 32)
   ) {
-    throw new ParseError(`malformed status line ${JSON.stringify(text.slice(0, eol).slice(0, 80))}`);
+    throw new ParseError(
+      `malformed status line ${JSON.stringify(text.slice(0, eol).slice(0, 80))}`,
+    );
   }
   const http10 = minor === 48;
   const status = d1 * 100 + d2 * 10 + d3;

@@ -77,9 +77,9 @@ const PIN = !opts["no-pin"] && navigator.hardwareConcurrency >= 2 &&
       return false;
     }
   })();
-/** 8 rows, each: start + warm-up + run + stop; plus setup. */
+/** 8 rows and the same-core pairing, each: start + warm-up + run + stop; plus setup. */
 const TIME_LIMIT = opts["time-limit"] === undefined
-  ? 60 + ROUNDS * 8 * (WARMUP + DURATION + 12)
+  ? 60 + ROUNDS * 9 * (WARMUP + DURATION + 12)
   : positive("time-limit", opts["time-limit"]);
 if (BACKEND_PROCS !== 1 && BACKEND_PROCS !== 3) {
   console.error("bench: --backend-procs must be 1 or 3");
@@ -698,6 +698,47 @@ async function measureRow(r: Row, gen: LoadGen): Promise<void> {
   }
 }
 
+/** One round of sluice round-robin and nginx (1 worker) loaded at once on the same core. */
+interface Pairing {
+  sluice: LoadResult;
+  nginx: LoadResult;
+}
+
+/**
+ * Runs sluice and nginx side by side, both pinned to core 1, each under its own load generator:
+ * a slow phase of the machine then hits both alike, so their CPU per request compares fairly
+ * even when sequential rows do not.
+ */
+async function measurePairing(nginxBin: string, gen: LoadGen): Promise<Pairing | undefined> {
+  log("same core: sluice round-robin and nginx (1 worker) at once");
+  const targets: Target[] = [];
+  try {
+    targets.push(startSluice("round-robin", false), await startNginx(nginxBin, "1"));
+    for (const t of targets) await ready(t, 60_000);
+    if (WARMUP > 0) await Promise.all(targets.map((t) => gen.measure(t.url, WARMUP)));
+    const pids = await Promise.all(
+      targets.map(async (t) => [t.child!.proc.pid, ...(await descendants(t.child!.proc.pid))]),
+    );
+    const before = await Promise.all(pids.map(cpuTicks));
+    const [sluice, nginx] = await Promise.all(targets.map((t) => gen.measure(t.url, DURATION)));
+    const hz = await clockTicksPerSecond();
+    const after = await Promise.all(pids.map(cpuTicks));
+    sluice.cpuUs = ((after[0] - before[0]) / hz) * 1e6 / sluice.requests;
+    nginx.cpuUs = ((after[1] - before[1]) / hz) * 1e6 / nginx.requests;
+    log(
+      `  sluice ${fmtRps(sluice.rps)} req/s, ${fmtCpu(sluice.cpuUs)}; ` +
+        `nginx ${fmtRps(nginx.rps)} req/s, ${fmtCpu(nginx.cpuUs)} (CPU per request)`,
+    );
+    return { sluice, nginx };
+  } catch (err) {
+    if (stopAll.signal.aborted) throw err;
+    log(`  failed: ${(err as Error).message}`);
+    return undefined;
+  } finally {
+    await Promise.all(targets.map((t) => t.child?.stop()));
+  }
+}
+
 // ---------------------------------------------------------------- report
 
 const fmtRps = (n: number) => Number.isFinite(n) ? Math.round(n).toLocaleString("en-US") : "?";
@@ -789,6 +830,7 @@ async function main(): Promise<number> {
   const host = await machine();
   tmp = await Deno.makeTempDir({ prefix: "sluice-bench-" });
   const rows: Row[] = [];
+  const pairings: Pairing[] = [];
   try {
     log(`starting ${BACKEND_PROCS} backend process(es) on 3 ports`);
     await startBackends();
@@ -841,6 +883,10 @@ async function main(): Promise<number> {
         await measureRow(r, gen);
         if (r.id === "4" && r.runs.length > before) await checkAccessLog(r);
       }
+      if (nginx && PIN) {
+        const pairing = await measurePairing(nginx, gen);
+        if (pairing) pairings.push(pairing);
+      }
     }
     for (const r of rows) {
       if (r.runs.length > 1) {
@@ -856,7 +902,15 @@ async function main(): Promise<number> {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
   }
 
-  let md = await report(rows, gen, host, nginx, haproxy, (Date.now() - started) / 1000);
+  let md = await report(
+    rows,
+    pairings,
+    gen,
+    host,
+    nginx,
+    haproxy,
+    (Date.now() - started) / 1000,
+  );
   if (!opts["no-write"]) {
     const dir = opts.out.slice(0, opts.out.lastIndexOf("/"));
     if (dir) await Deno.mkdir(dir, { recursive: true });
@@ -872,6 +926,7 @@ async function main(): Promise<number> {
 
 async function report(
   rows: Row[],
+  pairings: Pairing[],
   gen: LoadGen,
   host: { cpu: string; nproc: number; load: string },
   nginx: string | undefined,
@@ -964,6 +1019,19 @@ async function report(
           `alone is the limit: ${parts.join(", ")}.`,
       );
     }
+  }
+  if (pairings.length) {
+    const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
+    const ratios = pairings.map((p) => p.nginx.cpuUs! / p.sluice.cpuUs!);
+    lines.push(
+      `- Same core at once (sluice round-robin and nginx with 1 worker pinned together to core 1, ` +
+        `each under its own ${gen.name}; median of ${pairings.length}): sluice ${
+          fmtCpu(median(pairings.map((p) => p.sluice.cpuUs!)))
+        } and nginx ${fmtCpu(median(pairings.map((p) => p.nginx.cpuUs!)))} CPU per request: ` +
+        `sluice does **${pct(median([...ratios]))}** of nginx's work per core (each round: ${
+          ratios.map(pct).join(", ")
+        }).`,
+    );
   }
   const direct = get("1");
   if (direct && base) {

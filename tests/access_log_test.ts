@@ -3,6 +3,8 @@
  * lines it writes to stdout or a file are checked field by field.
  */
 import assert from "node:assert/strict";
+import { combinedLine, jsonLine } from "../lib/access_log.ts";
+import type { RequestRecord } from "../lib/proxy.ts";
 import { fileLines } from "./helpers.ts";
 import {
   configDir,
@@ -263,4 +265,37 @@ Deno.test({
     const [line] = await sluice.stdout.waitFor(/"status":502/);
     assert.equal(JSON.parse(line).bytes, new TextEncoder().encode(res.body).length);
   },
+});
+
+Deno.test("access log: each line carries its own request's time, in both formats", () => {
+  const at = Date.UTC(2026, 10, 25, 13, 55, 36, 120);
+  const record = (time: number) =>
+    ({
+      time,
+      ip: "127.0.0.1",
+      port: 50000,
+      method: "GET",
+      target: "/",
+      status: 200,
+      bytes: 2,
+      durationMs: 1,
+      upstreamMs: 1,
+      backend: undefined,
+      answered: false,
+      retries: 0,
+      requestId: "id",
+      error: undefined,
+      request: new Request("http://x/"),
+    }) as RequestRecord;
+  // Formatted times are reused within a millisecond (JSON) or a second (combined): never across.
+  for (
+    const [time, iso] of [[at, "13:55:36.120"], [at, "13:55:36.120"], [at + 1, "13:55:36.121"]]
+  ) {
+    assert.ok(jsonLine(record(time as number)).includes(`T${iso}Z`));
+  }
+  const times = [at, at + 500, at + 879, at + 1000].map((t) =>
+    clfTime(/\[([^\]]+)\]/.exec(combinedLine(record(t)))![1])
+  );
+  assert.deepEqual(times, [at - 120, at - 120, at - 120, at + 880]);
+  assert.equal(JSON.parse(jsonLine(record(at))).time, "2026-11-25T13:55:36.120Z");
 });

@@ -185,39 +185,38 @@ async function procRead(...paths: string[]): Promise<string> {
   return out.stdout;
 }
 
-/** Pids of every descendant of `pid`, so nothing is left behind if a parent is killed. */
-/** User + system CPU ticks used so far by `pids` (read with cat: Deno only reads /proc with -A). */
-async function cpuTicks(pids: number[]): Promise<number> {
-  const out = await run("cat", pids.map((p) => `/proc/${p}/stat`), 5000, { abortable: false });
-  let ticks = 0;
-  for (const line of out.stdout.split("\n")) {
+/** Each /proc/PID/stat line as its pid and the fields after the command name (field 3 on). */
+function statLines(text: string): [number, string[]][] {
+  return text.split("\n").flatMap((line): [number, string[]][] => {
     const close = line.lastIndexOf(")");
-    if (close < 0) continue;
-    const fields = line.slice(close + 2).split(" ");
-    ticks += Number(fields[11]) + Number(fields[12]); // utime, stime
-  }
-  return ticks;
+    if (close < 0) return [];
+    return [[Number(line.slice(0, line.indexOf(" "))), line.slice(close + 2).split(" ")]];
+  });
 }
 
 let clockTicks = 0;
-async function clockTicksPerSecond(): Promise<number> {
+
+/**
+ * Starts counting the CPU time (user + system) of `pid` and its descendants; the function it
+ * returns gives the µs used since, per request. Read with cat: Deno only reads /proc with -A.
+ */
+async function cpuMeter(pid: number): Promise<(requests: number) => Promise<number>> {
+  const pids = [pid, ...(await descendants(pid))];
+  const ticks = async () => {
+    const out = await run("cat", pids.map((p) => `/proc/${p}/stat`), 5000, { abortable: false });
+    return statLines(out.stdout).reduce((sum, [, f]) => sum + Number(f[11]) + Number(f[12]), 0);
+  };
   clockTicks ||= Number((await run("getconf", ["CLK_TCK"], 5000)).stdout.trim()) || 100;
-  return clockTicks;
+  const before = await ticks();
+  return async (requests) => ((await ticks()) - before) / clockTicks * 1e6 / requests;
 }
 
+/** Pids of every descendant of `pid`, so nothing is left behind if a parent is killed. */
 async function descendants(pid: number): Promise<number[]> {
-  const parent = new Map<number, number>();
   const stats = await run("sh", ["-c", "cat /proc/[0-9]*/stat 2>/dev/null"], 5000, {
     abortable: false,
   });
-  for (const line of stats.stdout.split("\n")) {
-    const close = line.lastIndexOf(")");
-    if (close < 0) continue;
-    parent.set(
-      Number(line.slice(0, line.indexOf(" "))),
-      Number(line.slice(close + 2).split(" ")[1]),
-    );
-  }
+  const parent = new Map(statLines(stats.stdout).map(([p, fields]) => [p, Number(fields[1])]));
   const out: number[] = [];
   const walk = (p: number) => {
     for (const [child, pp] of parent) {
@@ -667,14 +666,11 @@ async function measureRow(r: Row, gen: LoadGen): Promise<void> {
     }
     const warm = WARMUP > 0 ? await gen.measure(target.url, WARMUP) : undefined;
     // The proxy's own CPU per request: unlike throughput, it does not hit the backends' ceiling.
-    const proxy = r.group !== "direct" && target.child ? target.child.proc.pid : undefined;
-    const pids = proxy ? [proxy, ...(await descendants(proxy))] : [];
-    const before = proxy ? await cpuTicks(pids) : 0;
+    const cpu = r.group !== "direct" && target.child
+      ? await cpuMeter(target.child.proc.pid)
+      : undefined;
     const res = await gen.measure(target.url, DURATION);
-    if (proxy) {
-      const used = (await cpuTicks(pids)) - before;
-      res.cpuUs = (used / (await clockTicksPerSecond())) * 1e6 / res.requests;
-    }
+    if (cpu) res.cpuUs = await cpu(res.requests);
     r.runs.push(res);
     r.sent = (warm?.requests ?? 0) + res.requests;
     const sorted = [...r.runs].sort((a, b) => a.rps - b.rps);
@@ -716,15 +712,12 @@ async function measurePairing(nginxBin: string, gen: LoadGen): Promise<Pairing |
     targets.push(startSluice("round-robin", false), await startNginx(nginxBin, "1"));
     for (const t of targets) await ready(t, 60_000);
     if (WARMUP > 0) await Promise.all(targets.map((t) => gen.measure(t.url, WARMUP)));
-    const pids = await Promise.all(
-      targets.map(async (t) => [t.child!.proc.pid, ...(await descendants(t.child!.proc.pid))]),
-    );
-    const before = await Promise.all(pids.map(cpuTicks));
+    const cpu = await Promise.all(targets.map((t) => cpuMeter(t.child!.proc.pid)));
     const [sluice, nginx] = await Promise.all(targets.map((t) => gen.measure(t.url, DURATION)));
-    const hz = await clockTicksPerSecond();
-    const after = await Promise.all(pids.map(cpuTicks));
-    sluice.cpuUs = ((after[0] - before[0]) / hz) * 1e6 / sluice.requests;
-    nginx.cpuUs = ((after[1] - before[1]) / hz) * 1e6 / nginx.requests;
+    [sluice.cpuUs, nginx.cpuUs] = await Promise.all([
+      cpu[0](sluice.requests),
+      cpu[1](nginx.requests),
+    ]);
     log(
       `  sluice ${fmtRps(sluice.rps)} req/s, ${fmtCpu(sluice.cpuUs)}; ` +
         `nginx ${fmtRps(nginx.rps)} req/s, ${fmtCpu(nginx.cpuUs)} (CPU per request)`,

@@ -125,8 +125,24 @@ const BLOCKS = 800; // 50 MiB
 const MB = 1024 * 1024;
 /** Growth of the balancer's RSS allowed while a 50 MB transfer is held up mid-way. */
 const RSS_LIMIT = 40 * MB;
-/** Bytes a streaming proxy may let the sender get ahead by (socket buffers, one chunk per stage). */
-const AHEAD_LIMIT = 25 * MB;
+/** The largest size (bytes) the kernel lets a socket buffer autotune to, from tcp_rmem or tcp_wmem. */
+async function socketBufferMax(name: "tcp_rmem" | "tcp_wmem"): Promise<number> {
+  const out = await new Deno.Command("cat", { args: [`/proc/sys/net/ipv4/${name}`] }).output();
+  return Number(decoder.decode(out.stdout).trim().split(/\s+/)[2]) || 0;
+}
+/**
+ * Bytes a streaming proxy may let the sender get ahead by: what the two socket pairs between
+ * sender and reader can hold (receive buffers autotune up to tcp_rmem's maximum, 32 MB on some
+ * kernels), at least 25 MB, and always short of the whole body. The balancer's own memory is
+ * bounded by RSS_LIMIT.
+ */
+const AHEAD_LIMIT = Math.min(
+  BLOCKS * BLOCK,
+  Math.max(
+    25 * MB,
+    2 * ((await socketBufferMax("tcp_rmem")) + (await socketBufferMax("tcp_wmem"))),
+  ),
+);
 
 /** Polls `get` until it has not changed for `quiet` ms (the transfer is held up); returns the value. */
 async function settled(get: () => number, quiet = 500, timeout = 30_000): Promise<number> {

@@ -118,7 +118,7 @@ export async function main(args: string[]): Promise<number> {
   Deno.addSignalListener("SIGHUP", hangup);
   let balancer: Balancer;
   try {
-    balancer = await startBalancer(config, log);
+    balancer = startBalancer(config, log);
   } catch (err) {
     Deno.removeSignalListener("SIGHUP", hangup);
     log.error(`cannot start: ${(err as Error).message}`);

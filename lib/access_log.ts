@@ -41,8 +41,8 @@ function isoTime(ms: number): string {
   return isoText;
 }
 
-function quoted(value: string | null): string {
-  return value === null ? '"-"' : JSON.stringify(value);
+function quoted(value: string | undefined): string {
+  return value === undefined ? '"-"' : JSON.stringify(value);
 }
 
 /** A bare word when it is one (printable ASCII, no quotes or backslashes), else quoted like JSON. */
@@ -69,10 +69,10 @@ export function jsonLine(r: RequestRecord): string {
  * still splits into its fields.
  */
 export function combinedLine(r: RequestRecord): string {
-  const h = r.request.headers;
+  const req = r.request;
   return `${r.ip} - - [${clfTime(r.time)}] "${r.method} ${r.target} HTTP/1.1" ${r.status} ${
     r.bytes || "-"
-  } ${quoted(h.get("referer"))} ${quoted(h.get("user-agent"))} rt=${
+  } ${quoted(req.header("referer"))} ${quoted(req.header("user-agent"))} rt=${
     (r.durationMs / 1000).toFixed(3)
   } urt=${(r.upstreamMs / 1000).toFixed(3)} backend=${
     word(r.backend?.id ?? "-")

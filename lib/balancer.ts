@@ -5,7 +5,8 @@ import { HealthChecker } from "./health.ts";
 import type { Logger } from "./log.ts";
 import { OutlierDetector } from "./outlier.ts";
 import { type Backend, Pool } from "./pool.ts";
-import { Proxy, type ProxyObserver, type ProxySettings, textResponse } from "./proxy.ts";
+import { type ClientTimeouts, serve } from "./listener/server.ts";
+import { Proxy, type ProxyObserver, type ProxySettings } from "./proxy.ts";
 import { SlotQueue } from "./queue.ts";
 import { RetryBudget } from "./retry_budget.ts";
 import { createSelector } from "./select/mod.ts";
@@ -68,7 +69,7 @@ function proxySettings(config: Config, pool: Pool): ProxySettings {
 }
 
 /** Starts the traffic listener, health checks and background work for `config`. */
-export async function startBalancer(config: Config, log: Logger): Promise<Balancer> {
+export function startBalancer(config: Config, log: Logger): Balancer {
   const pool = new Pool({
     maxConnections: config.limits.maxConnections ?? Infinity,
     idleTimeout: config.timeouts.idle,
@@ -108,17 +109,17 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
   };
   listen();
   const stopped = Promise.withResolvers<void>();
-  const { promise: listening, resolve: onListen } = Promise.withResolvers<Deno.NetAddr>();
-  const server = Deno.serve({
+  const server = serve({
     hostname: config.listen.host,
     port: config.listen.port,
-    onListen: onListen as (addr: Deno.Addr) => void,
+    timeouts: clientTimeouts(config),
+    handler: proxy.handle,
     onError(err) {
       log.error("request handling failed", { error: String(err) });
-      return textResponse(500, "Internal Server Error");
     },
-  }, proxy.handle);
-  const addr = await listening;
+  });
+  const addr = server.addr;
+  stats.clientConnections = () => server.connections;
   log.info(`sluice listening on http://${formatHost(addr.hostname)}:${addr.port}`, {
     strategy: config.strategy,
     backends: pool.backends.length,
@@ -172,6 +173,7 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
       pool.options.maxConnections = next.limits.maxConnections ?? Infinity;
       pool.options.connectTimeout = next.timeouts.connect;
       pool.options.idleTimeout = next.timeouts.idle;
+      server.timeouts = clientTimeouts(next);
       pool.slowStart = next.slowStart;
       pool.version++;
       outlier.options = next.outlier;
@@ -261,8 +263,6 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
         });
         health.stop();
         outlier.stop();
-        // Never abort Deno.serve's signal after shutdown(): in Deno 2.9 that throws an
-        // uncaught BadResource. Stop waiting instead; main.ts exits and cuts what is left.
         let timer: ReturnType<typeof setTimeout> | undefined;
         const late = await Promise.race([
           server.shutdown().then(() => false),
@@ -271,7 +271,10 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
           }),
         ]);
         clearTimeout(timer);
-        if (late) log.warn("drain timeout reached, closing remaining connections");
+        if (late) {
+          log.warn("drain timeout reached, closing remaining connections");
+          server.close();
+        }
         pool.close();
         await accessLog?.close();
         log.info("stopped");
@@ -281,6 +284,11 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
     },
   };
   return balancer;
+}
+
+function clientTimeouts(config: Config): ClientTimeouts {
+  const { clientHeader, clientIdle, client } = config.timeouts;
+  return { header: clientHeader, idle: clientIdle, client };
 }
 
 /** Brackets IPv6 addresses for use in a URL. */

@@ -141,9 +141,15 @@ export const configSchema = z.strictObject({
     response: duration.default(30_000),
     idle: duration.default(60_000),
     drain: duration.default(30_000),
+    clientHeader: duration.default(10_000),
+    clientIdle: duration.default(75_000),
+    client: duration.default(60_000),
   }).prefault({}).meta({
     description: "connect: TCP connect; response: until the response head; idle: pooled " +
-      "upstream connections; drain: in-flight requests at shutdown.",
+      "upstream connections; drain: in-flight requests at shutdown; clientHeader: a client's " +
+      "request head, from its first byte; clientIdle: a client's idle keep-alive connection; " +
+      "client: a request in progress, each wait for more of its body or for the client to take " +
+      "more of the response.",
   }),
   retries: z.number().int().min(0).max(10).default(2)
     .meta({ description: "Further attempts, on other backends, after a failed attempt." }),
@@ -427,6 +433,9 @@ export function formatConfig(config: Config): string {
     "response",
     "idle",
     "drain",
+    "clientHeader",
+    "clientIdle",
+    "client",
     "ttl",
     "baseEjection",
     "maxEjection",

@@ -1,11 +1,6 @@
 /** What a proxy changes in a request on its way upstream: hop-by-hop headers out, X-Forwarded-* in. */
+import type { ClientRequest } from "./listener/request.ts";
 import { connectionTokens, HOP_BY_HOP } from "./upstream/http1.ts";
-
-/** The request target (path and query) exactly as the client sent it. */
-export function requestTarget(url: string): string {
-  const slash = url.indexOf("/", url.indexOf("//") + 2);
-  return slash === -1 ? "/" : url.slice(slash);
-}
 
 /** The upstream request head and how its body is framed. */
 export interface ForwardHead {
@@ -20,66 +15,70 @@ export interface ForwardHead {
 }
 
 /**
- * Builds the upstream head: method, target and headers byte for byte, minus hop-by-hop
- * headers, with X-Forwarded-For appended to and X-Forwarded-Proto/-Host set, and
- * `addRequestId` as X-Request-Id when the client sent none.
+ * Builds the upstream head: method, target and header lines as the client sent them (name
+ * case, order and repeats kept), minus hop-by-hop headers, with X-Forwarded-For appended to
+ * and X-Forwarded-Proto/-Host set, and `addRequestId` as X-Request-Id when the client sent none.
  */
 export function forwardHead(
-  req: Request,
-  target: string,
+  req: ClientRequest,
   clientIp: string,
   proto: string,
   addRequestId: string | undefined,
 ): ForwardHead {
-  let text = req.method + " " + target + " HTTP/1.1\r\n";
+  let text = req.method + " " + req.target + " HTTP/1.1\r\n";
   let connection: string | undefined;
   let forwardedFor: string | undefined;
-  let host: string | undefined;
+  let hasHost = false;
   let requestId: string | undefined;
-  let hasLength = false;
-  // One pass, and no Headers.get(): in Deno.serve each get() is a call into the runtime,
-  // and forEach is several times cheaper than the Headers iterator.
-  req.headers.forEach((value, name) => {
-    if (HOP_BY_HOP.has(name)) {
-      if (name === "connection") connection = value;
-      return;
+  const { names, keys, values } = req;
+  for (let i = 0; i < keys.length; i++) {
+    const key = keys[i];
+    const value = values[i];
+    if (HOP_BY_HOP.has(key)) {
+      if (key === "connection") connection = connection ? connection + "," + value : value;
+      continue;
     }
-    switch (name) {
+    switch (key) {
       case "x-forwarded-for":
-        forwardedFor = value;
-        return;
+        forwardedFor = forwardedFor ? forwardedFor + ", " + value : value;
+        continue;
       case "x-forwarded-proto":
       case "x-forwarded-host":
-        return;
+        continue;
       case "x-request-id":
         // An empty ID is as good as none; a generated one replaces the client's.
-        if (addRequestId !== undefined || value === "") return;
+        if (addRequestId !== undefined || value === "" || requestId !== undefined) continue;
         requestId = value;
         break;
       case "host":
-        host = value;
-        break;
-      case "content-length":
-        hasLength = true;
+        hasHost = true;
         break;
     }
-    text += name + ": " + value + "\r\n";
-  });
+    text += names[i] + ": " + value + "\r\n";
+  }
+  let host = req.host;
   // Headers named by Connection are hop-by-hop too; rare enough to filter afterwards.
   const tokens = connectionTokens(connection ?? null);
   if (tokens && [...tokens].some((t) => !HOP_BY_HOP.has(t) && t !== "close")) {
     const lines = text.split("\r\n");
-    text = lines.filter((line, i) => i === 0 || !tokens.has(line.slice(0, line.indexOf(":"))))
-      .join("\r\n");
-    if (tokens.has("content-length")) hasLength = false;
-    if (tokens.has("host")) host = undefined;
+    // Never Content-Length: the body's framing is not the client's to drop.
+    text = lines.filter((line, i) => {
+      const key = line.slice(0, line.indexOf(":")).toLowerCase();
+      return i === 0 || key === "content-length" || !tokens.has(key);
+    }).join("\r\n");
+    if (tokens.has("host")) hasHost = false, host = undefined;
     if (tokens.has("x-request-id")) requestId = undefined;
+  }
+  // An absolute-form target without a Host line still names the host the client wants.
+  if (!hasHost && host !== undefined) {
+    text += "host: " + host + "\r\n";
+    hasHost = true;
   }
   text += "x-forwarded-for: " + (forwardedFor ? forwardedFor + ", " + clientIp : clientIp) +
     "\r\nx-forwarded-proto: " + proto + "\r\n";
   if (host !== undefined) text += "x-forwarded-host: " + host + "\r\n";
   if (addRequestId !== undefined) text += "x-request-id: " + addRequestId + "\r\n";
-  const chunked = req.body !== null && !hasLength;
+  const chunked = req.chunked;
   if (chunked) text += "transfer-encoding: chunked\r\n";
-  return { text, hasHost: host !== undefined, chunked, requestId };
+  return { text, hasHost, chunked, requestId };
 }

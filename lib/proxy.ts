@@ -1,5 +1,7 @@
 /** The request path: choose candidates, forward over the upstream client, retry, and account for the result. */
-import { forwardHead, requestTarget } from "./forwarding.ts";
+import { forwardHead } from "./forwarding.ts";
+import type { ClientRequest } from "./listener/request.ts";
+import { type Reply, textReply } from "./listener/server.ts";
 import type { Logger } from "./log.ts";
 import type { OutlierDetector } from "./outlier.ts";
 import type { Backend, Pool } from "./pool.ts";
@@ -27,8 +29,6 @@ export interface ProxySettings {
 export interface RequestRecord extends SelectContext {
   /** Start time, ms since epoch. */
   time: number;
-  /** The client's port (its address is `ip`). */
-  port: number;
   method: string;
   /** Status sent to the client. */
   status: number;
@@ -67,7 +67,7 @@ export interface ProxyParts {
 /** One attempt at a backend; the one whose response goes to the client settles the request. */
 interface Attempt {
   backend: Backend;
-  response: Response | undefined;
+  reply: Reply | undefined;
   upstreamMs: number;
   /** Handed to the client. */
   returned: boolean;
@@ -77,20 +77,18 @@ interface Attempt {
   error: string | undefined;
 }
 
-/** Handles client requests for `Deno.serve`. */
+/** Answers client requests for the listener. */
 export class Proxy {
   constructor(public settings: ProxySettings, readonly parts: ProxyParts) {}
 
-  /** Handles one request for `Deno.serve`. */
-  handle = async (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Promise<Response> => {
+  /** Answers one request. */
+  handle = async (req: ClientRequest): Promise<Reply> => {
     const time = Date.now();
     const started = performance.now();
     const settings = this.settings;
     const { budget, queue, outlier, log } = this.parts;
-    const target = requestTarget(req.url);
-    const client = info.remoteAddr; // read once: each read is a call into the runtime
-    const ip = client.hostname;
-    const forward = forwardHead(req, target, ip, "http", undefined);
+    const ip = req.ip;
+    const forward = forwardHead(req, ip, "http", undefined);
     const requestId = forward.requestId ?? crypto.randomUUID();
     if (forward.requestId === undefined) forward.text += "x-request-id: " + requestId + CRLF;
     const head = forward.hasHost ? latin1Bytes(forward.text + CRLF) : undefined;
@@ -99,9 +97,8 @@ export class Proxy {
     const record: RequestRecord = {
       time,
       ip,
-      port: client.port,
       method,
-      target,
+      target: req.target,
       status: 0,
       bytes: 0,
       durationMs: 0,
@@ -143,7 +140,7 @@ export class Proxy {
         if (attempts > settings.retries || !budget.tryRetry()) break;
         record.retries++;
         for (const o of this.parts.observers) o.retry(backend);
-        held?.response?.body?.cancel().catch(() => {});
+        cancelBody(held?.reply);
         held = undefined;
       }
       attempts++;
@@ -151,7 +148,7 @@ export class Proxy {
       const attemptStart = attempts === 1 ? started : performance.now();
       const state: Attempt = {
         backend,
-        response: undefined,
+        reply: undefined,
         upstreamMs: 0,
         returned: false,
         finished: false,
@@ -168,7 +165,7 @@ export class Proxy {
         if (state.returned) this.#settle(record, state, started);
       };
       try {
-        const response = await exchange(backend.connections, {
+        const reply = await exchange(backend.connections, {
           method,
           head: head ?? latin1Bytes(`${forward.text}host: ${backend.authority}${CRLF}${CRLF}`),
           body,
@@ -182,10 +179,10 @@ export class Proxy {
         }, finish);
         const upstreamMs = performance.now() - attemptStart;
         backend.observeLatency(upstreamMs, time + (attemptStart - started) + upstreamMs);
-        const status = response.status;
+        const status = reply.status;
         if (status >= 500) outlier.failure(backend, `status ${status}`);
         else outlier.success(backend);
-        state.response = response;
+        state.reply = reply;
         state.upstreamMs = upstreamMs;
         held = state;
         lastError = undefined;
@@ -209,26 +206,27 @@ export class Proxy {
       }
     }
     if (held) {
-      const response = held.response!;
-      record.status = response.status;
+      const reply = held.reply!;
+      record.status = reply.status;
       record.backend = held.backend;
       record.answered = true;
       record.upstreamMs = held.upstreamMs;
       held.returned = true;
       if (held.finished) this.#settle(record, held, started);
-      return response;
+      return reply;
     }
     body?.cancel();
     const timeout = lastError?.kind === "timeout";
     const [status, text] = lastError
       ? timeout ? [504, "Gateway Timeout"] : [502, "Bad Gateway"]
       : [503, "Service not available"];
-    const response = textResponse(status, text, { "x-request-id": requestId });
-    if (!lastError && sawFull) response.headers.set("retry-after", "1");
+    const headers: [string, string][] = [["x-request-id", requestId]];
+    if (!lastError && sawFull) headers.push(["retry-after", "1"]);
+    const reply = textReply(status, text, headers);
     record.status = status;
     record.bytes = text.length;
     this.#complete(record, started);
-    return response;
+    return reply;
   };
 
   #settle(record: RequestRecord, state: Attempt, started: number): void {
@@ -249,14 +247,11 @@ export class Proxy {
   }
 }
 
-function hasStickyCookie(req: Request, name: string, value: string): boolean {
-  const cookie = req.headers.get("cookie");
-  return cookie !== null && cookie.includes(`${name}=${value}`);
+function hasStickyCookie(req: ClientRequest, name: string, value: string): boolean {
+  const cookie = req.header("cookie");
+  return cookie !== undefined && cookie.includes(`${name}=${value}`);
 }
 
-/** A small plain-text response generated by the balancer itself. */
-export function textResponse(status: number, text: string, headers?: HeadersInit): Response {
-  const response = new Response(text, { status, headers });
-  response.headers.set("content-type", "text/plain; charset=utf-8");
-  return response;
+function cancelBody(reply: Reply | undefined): void {
+  if (reply?.body instanceof ReadableStream) reply.body.cancel().catch(() => {});
 }

@@ -4,8 +4,6 @@ import type { Backend, BackendState, Pool } from "./pool.ts";
 import type { ProxyObserver, RequestRecord } from "./proxy.ts";
 import type { UpstreamError } from "./upstream/http1.ts";
 
-/** How long a client connection counts as open after its last request (Deno.serve reports no closes). */
-const CONNECTION_WINDOW = 60_000;
 const METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"];
 /** Method label index; other methods count as "OTHER" (index METHODS.length). */
 const METHOD_INDEX = new Map(METHODS.map((m, i) => [m, i]));
@@ -24,7 +22,8 @@ export class Stats implements ProxyObserver {
   readonly ejections: Counter;
   readonly reloads: Counter;
   readonly startedAt = Date.now();
-  readonly #clients = new Map<string, Map<number, number>>();
+  /** Open client connections on the traffic port; the balancer plugs in its listener's count. */
+  clientConnections: () => number = () => 0;
   readonly #series = new Map<string, {
     duration: { observe(value: number): void };
     upstream: { observe(value: number): void };
@@ -137,7 +136,7 @@ export class Stats implements ProxyObserver {
     r.add(
       new Gauge(
         "sluice_client_connections",
-        "Client connections on the traffic port that sent a request in the last minute.",
+        "Open client connections on the traffic port.",
         [],
         () => [[[], this.clientConnections()] as const],
       ),
@@ -162,10 +161,6 @@ export class Stats implements ProxyObserver {
 
   /** ProxyObserver: a request finished. */
   request(r: RequestRecord): void {
-    // Keyed by address, then port: no string to build per request.
-    let ports = this.#clients.get(r.ip);
-    if (!ports) this.#clients.set(r.ip, ports = new Map());
-    ports.set(r.port, r.time);
     const backend = r.backend?.id ?? "";
     // Series are cached per backend and method+status, so a request costs no label arrays.
     let series = this.#series.get(backend);
@@ -190,19 +185,6 @@ export class Stats implements ProxyObserver {
       series.upstream.observe(r.upstreamMs / 1000);
       r.backend.responses[r.error ? 0 : Math.floor(r.status / 100)]++;
     }
-  }
-
-  /** Client connections that sent a request in the last minute. */
-  clientConnections(now = Date.now()): number {
-    let count = 0;
-    for (const [ip, ports] of this.#clients) {
-      for (const [port, seen] of ports) {
-        if (now - seen > CONNECTION_WINDOW) ports.delete(port);
-      }
-      if (ports.size === 0) this.#clients.delete(ip);
-      count += ports.size;
-    }
-    return count;
   }
 
   /** ProxyObserver: an upstream attempt failed. */

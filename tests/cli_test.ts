@@ -86,7 +86,15 @@ Deno.test("--check prints sluice.yaml's effective config as JSON and exits 0", a
     unhealthyThreshold: 3,
     expectStatus: "200-399",
   });
-  assert.deepEqual(config.timeouts, { connect: "3s", response: "30s", idle: "1m", drain: "30s" });
+  assert.deepEqual(config.timeouts, {
+    connect: "3s",
+    response: "30s",
+    idle: "1m",
+    drain: "30s",
+    clientHeader: "10s",
+    clientIdle: "75s",
+    client: "1m",
+  });
 });
 
 Deno.test("--check: flags override the file; repeated --backend replaces its list", async () => {

@@ -57,7 +57,15 @@ Deno.test("a single backend is enough; everything else has a default", () => {
       unhealthyThreshold: 3,
       expectStatus: "200-399",
     },
-    timeouts: { connect: 3_000, response: 30_000, idle: 60_000, drain: 30_000 },
+    timeouts: {
+      connect: 3_000,
+      response: 30_000,
+      idle: 60_000,
+      drain: 30_000,
+      clientHeader: 10_000,
+      clientIdle: 75_000,
+      client: 60_000,
+    },
     retries: 2,
     retryOn: [],
     retryBudget: { percent: 20, minPerSecond: 3 },
@@ -78,13 +86,29 @@ Deno.test("durations and sizes are read in every accepted spelling", () => {
   const config = validateConfig({
     ...ONE,
     health: { interval: "1.5s", timeout: 250 },
-    timeouts: { connect: "250ms", response: "1m", idle: "1h", drain: "0" },
+    timeouts: {
+      connect: "250ms",
+      response: "1m",
+      idle: "1h",
+      drain: "0",
+      clientHeader: "2s",
+      clientIdle: 500,
+      client: "90s",
+    },
     retryBuffer: "64KB",
     sticky: { cookie: "sluice", ttl: "2h" },
   });
   assert.equal(config.health.interval, 1_500);
   assert.equal(config.health.timeout, 250);
-  assert.deepEqual(config.timeouts, { connect: 250, response: 60_000, idle: 3_600_000, drain: 0 });
+  assert.deepEqual(config.timeouts, {
+    connect: 250,
+    response: 60_000,
+    idle: 3_600_000,
+    drain: 0,
+    clientHeader: 2_000,
+    clientIdle: 500,
+    client: 90_000,
+  });
   assert.equal(config.retryBuffer, 65_536);
   assert.equal(config.sticky?.ttl, 7_200_000);
   assert.equal(validateConfig({ ...ONE, retryBuffer: "1MB" }).retryBuffer, 1_048_576);
@@ -501,7 +525,15 @@ Deno.test("formatConfig prints durations as strings and reads back to the same c
   const printed = JSON.parse(text);
   assert.equal(printed.health.interval, "1500ms");
   assert.equal(printed.health.timeout, "1500ms");
-  assert.deepEqual(printed.timeouts, { connect: "3s", response: "30s", idle: "1m", drain: "30s" });
+  assert.deepEqual(printed.timeouts, {
+    connect: "3s",
+    response: "30s",
+    idle: "1m",
+    drain: "30s",
+    clientHeader: "10s",
+    clientIdle: "75s",
+    client: "1m",
+  });
   assert.equal(printed.sticky.ttl, "1h");
   assert.equal(printed.slowStart, "30s");
   assert.equal(printed.outlier.baseEjection, "30s");

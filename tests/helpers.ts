@@ -3,6 +3,8 @@ import { type DemoBackend, startBackend } from "../backend.ts";
 import { type Balancer, startBalancer } from "../lib/balancer.ts";
 import { validateConfig } from "../lib/config.ts";
 import { Logger } from "../lib/log.ts";
+import { type ClientRequest, parseRequestHead } from "../lib/listener/request.ts";
+import assert from "node:assert/strict";
 
 export type { DemoBackend };
 
@@ -36,7 +38,7 @@ export async function startTestBalancer(raw: Record<string, unknown>): Promise<T
   });
   const logs: string[] = [];
   const log = new Logger(config.log.level, "text", (line) => logs.push(line));
-  const balancer = await startBalancer(config, log);
+  const balancer = startBalancer(config, log);
   return {
     balancer,
     url: `http://127.0.0.1:${balancer.addr.port}`,
@@ -181,4 +183,10 @@ export async function fileLines(file: string, n: number, timeout = 30_000): Prom
     timeout,
   );
   return lines;
+}
+
+/** A parsed client request from its head text ("GET / HTTP/1.1\r\nHost: h\r\n\r\n"). */
+export function clientRequest(head: string, ip = "127.0.0.1", port = 50000): ClientRequest {
+  assert.ok(head.endsWith("\r\n\r\n"), "a head ends with an empty line");
+  return parseRequestHead(new TextEncoder().encode(head.slice(0, -2)), ip, port);
 }

@@ -24,17 +24,13 @@ function rejects(text: string, why: RegExp, method = "GET"): void {
   }, `expected ${JSON.stringify(text)} to be rejected`);
 }
 
-Deno.test("a plain 200 with Content-Length: status, reason, headers, framing", () => {
+Deno.test("a plain 200 with Content-Length: status, reason, headers as sent, framing", () => {
   const text =
     "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nX-Id:  a b \r\n";
   const head = parse(text);
   assert.equal(head.status, 200);
   assert.equal(head.reason, "OK");
-  assert.deepEqual(head.headers, [
-    ["content-type", "text/plain"],
-    ["content-length", "5"],
-    ["x-id", "a b"],
-  ]);
+  assert.deepEqual(head.headers, [["Content-Type", "text/plain"], ["X-Id", "a b"]]);
   assert.equal(head.framing, "length");
   assert.equal(head.length, 5);
   assert.equal(head.keepAlive, true);
@@ -58,10 +54,7 @@ Deno.test("header values: surrounding blanks trimmed, empty and tab-containing v
   const head = parse(
     "HTTP/1.1 200 OK\r\nX-Empty:\r\nX-Tab:\ta\tb\t\r\nX-Latin: caf\xe9\r\nContent-Length: 0\r\n",
   );
-  assert.deepEqual(head.headers.slice(0, 3), [["x-empty", ""], ["x-tab", "a\tb"], [
-    "x-latin",
-    "caf\xe9",
-  ]]);
+  assert.deepEqual(head.headers, [["X-Empty", ""], ["X-Tab", "a\tb"], ["X-Latin", "caf\xe9"]]);
 });
 
 Deno.test("HTTP/1.1 keeps the connection unless Connection: close", () => {
@@ -86,7 +79,8 @@ Deno.test("HTTP/1.0 closes unless Connection: keep-alive", () => {
     "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n",
   );
   assert.equal(kept.keepAlive, true);
-  assert.deepEqual(kept.headers, [["content-length", "2"]]);
+  assert.deepEqual(kept.headers, []);
+  assert.equal(kept.length, 2);
   assert.equal(
     parse("HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n").keepAlive,
     false,
@@ -99,7 +93,7 @@ Deno.test("hop-by-hop headers and the headers Connection names are not passed on
       "Proxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-Sum\r\nUpgrade: h2c\r\n" +
       "X-Debug: on\r\nX-Kept: yes\r\nTransfer-Encoding: chunked\r\n",
   );
-  assert.deepEqual(head.headers, [["x-kept", "yes"]]);
+  assert.deepEqual(head.headers, [["X-Kept", "yes"]]);
   assert.equal(head.framing, "chunked");
   assert.equal(head.keepAlive, true);
 });
@@ -108,7 +102,7 @@ Deno.test("repeated Connection headers all count (close in the first one still c
   const head = parse(
     "HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: X-Trace\r\nX-Trace: 1\r\nContent-Length: 0\r\n",
   );
-  assert.deepEqual(head.headers, [["content-length", "0"]]);
+  assert.deepEqual(head.headers, []);
   assert.equal(head.keepAlive, false, "the backend said close; reusing the connection would fail");
 });
 

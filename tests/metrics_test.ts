@@ -238,7 +238,7 @@ Deno.test("metric names, types and labels follow Prometheus conventions", async 
   }
 });
 
-Deno.test("sluice_client_connections counts the client connections that sent requests", async () => {
+Deno.test("sluice_client_connections counts open client connections, and drops closed ones", async () => {
   await using f = await startAdminFixture({ backends: 1 });
   const before = value(await scrape(f.base), "sluice_client_connections");
   assert.equal(before, 0);
@@ -263,4 +263,8 @@ Deno.test("sluice_client_connections counts the client connections that sent req
   } finally {
     for (const conn of conns) conn.close();
   }
+  await waitFor(
+    async () => value(await scrape(f.base), "sluice_client_connections") === 0,
+    "closed connections to leave the gauge",
+  );
 });

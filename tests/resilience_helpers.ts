@@ -7,7 +7,7 @@
 import type { BackendConfig } from "../lib/config.ts";
 import { type Backend, Pool } from "../lib/pool.ts";
 import type { SelectContext } from "../lib/select/types.ts";
-import { rawServer, startTestBalancer, type TestBalancer } from "./helpers.ts";
+import { clientRequest, rawServer, startTestBalancer, type TestBalancer } from "./helpers.ts";
 
 /** A backend under the test's control. */
 export interface TestBackend {
@@ -251,10 +251,11 @@ export function poolOf(
 /** A selection context for a GET of `target` from `ip` with `headers`. */
 export function ctxOf(
   target = "/",
-  options: { ip?: string; headers?: HeadersInit } = {},
+  options: { ip?: string; headers?: Record<string, string> } = {},
 ): SelectContext {
+  const fields = Object.entries(options.headers ?? {}).map(([k, v]) => `${k}: ${v}\r\n`).join("");
   return {
-    request: new Request(`http://sluice.test${target}`, { headers: options.headers }),
+    request: clientRequest(`GET ${target} HTTP/1.1\r\nHost: sluice.test\r\n${fields}\r\n`),
     ip: options.ip ?? "127.0.0.1",
     target,
   };

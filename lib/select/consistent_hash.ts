@@ -19,8 +19,11 @@ export function keyExtractor(spec: string): (ctx: SelectContext) => string | und
   const colon = spec.indexOf(":");
   const kind = spec.slice(0, colon);
   const name = spec.slice(colon + 1);
-  if (kind === "header") return (ctx) => ctx.request.headers.get(name) ?? undefined;
-  if (kind === "cookie") return (ctx) => cookieValue(ctx.request.headers.get("cookie"), name);
+  if (kind === "header") {
+    const key = name.toLowerCase();
+    return (ctx) => ctx.request.header(key);
+  }
+  if (kind === "cookie") return (ctx) => cookieValue(ctx.request.header("cookie"), name);
   if (kind === "query") {
     return (ctx) => {
       const q = ctx.target.indexOf("?");
@@ -32,7 +35,7 @@ export function keyExtractor(spec: string): (ctx: SelectContext) => string | und
 }
 
 /** The value of cookie `name` in a Cookie header, or undefined. */
-export function cookieValue(header: string | null, name: string): string | undefined {
+export function cookieValue(header: string | undefined, name: string): string | undefined {
   if (!header) return undefined;
   for (const part of header.split(";")) {
     const eq = part.indexOf("=");

@@ -18,7 +18,7 @@ export function sticky(
 ): Selector {
   return {
     candidates(ctx) {
-      const value = cookieValue(ctx.request.headers.get("cookie"), options.cookie);
+      const value = cookieValue(ctx.request.header("cookie"), options.cookie);
       const pinned = value === undefined ? undefined : backends().find((b) => b.cookie === value);
       if (pinned?.available) return firstThen(pinned, inner.candidates(ctx));
       return inner.candidates(ctx);

@@ -1,10 +1,11 @@
 /** The selection interface: a strategy turns a request into backends in order of preference. */
+import type { ClientRequest } from "../listener/request.ts";
 import type { Backend, Pool } from "../pool.ts";
 
 /** What a strategy may look at to choose. */
 export interface SelectContext {
   /** The client's request. */
-  readonly request: Request;
+  readonly request: ClientRequest;
   /** The client's address. */
   readonly ip: string;
   /** The request target as sent: path and query. */

@@ -1,5 +1,5 @@
 /** The HTTP/1.1 client: sends one request over a pooled connection and streams the response back. */
-import { type Connection, HeadTooLarge } from "./connection.ts";
+import { type Connection, HeadTooLarge, READ_SIZE } from "./connection.ts";
 import { type ConnectionPool, describeError } from "./connection_pool.ts";
 import {
   ChunkedDecoder,
@@ -11,6 +11,7 @@ import {
   UpstreamError,
 } from "./http1.ts";
 import type { RequestBody } from "./request_body.ts";
+import type { Reply } from "../listener/server.ts";
 
 /** What one exchange needs. */
 export interface UpstreamRequest {
@@ -37,19 +38,18 @@ export type Finish = (bytes: number, error?: string) => void;
 const NULL_BODY_STATUS = new Set([101, 204, 205, 304]);
 const CRLF = new Uint8Array([13, 10]);
 const LAST_CHUNK = new Uint8Array([48, 13, 10, 13, 10]);
-const READ_SIZE = 64 * 1024;
 const encoder = new TextEncoder();
 
 /**
  * Sends `request` to the backend behind `pool` and resolves once the response head
- * arrives, with a Response whose body streams from the backend. A reused keep-alive
+ * arrives, with a reply whose body streams from the backend. A reused keep-alive
  * connection that turns out closed is replaced by a fresh one when that is safe.
  */
 export async function exchange(
   pool: ConnectionPool,
   request: UpstreamRequest,
   finish: Finish,
-): Promise<Response> {
+): Promise<Reply> {
   // One async frame for the whole exchange: this is the hot path of every request.
   let conn = pool.takeIdle();
   let reused = conn !== undefined;
@@ -77,7 +77,7 @@ export async function exchange(
       for (;;) {
         const end = findHeadEnd(conn.buf, scanned, conn.end);
         if (end === -1) {
-          rejectBareLf(conn, scanned);
+          conn.rejectBareLf(scanned, "response");
           scanned = Math.max(conn.start, conn.end - 3);
           const before = conn.start;
           const got = await conn.receive();
@@ -103,7 +103,7 @@ export async function exchange(
       }
       waiting = false;
       timer.disarm();
-      return buildResponse(pool, conn, response, request, pump, finish);
+      return buildReply(pool, conn, response, request, pump, finish);
     } catch (err) {
       waiting = false;
       timer.disarm();
@@ -132,16 +132,6 @@ function upstreamError(
     return new UpstreamError("protocol", err.message, true);
   }
   return new UpstreamError("reset", describeError(err), sent);
-}
-
-/** A head with bare LF line endings never contains CRLFCRLF: reject it instead of waiting. */
-function rejectBareLf(conn: Connection, from: number): void {
-  const buf = conn.buf;
-  for (let i = Math.max(from, conn.start); i < conn.end; i++) {
-    if (buf[i] === 10 && (i === conn.start || buf[i - 1] !== 13)) {
-      throw new ParseError("bare LF in response head");
-    }
-  }
 }
 
 /** Writes the body; resolves true when all of it was sent, false if the client's body failed. */
@@ -183,27 +173,29 @@ async function sendBody(
   }
 }
 
-function buildResponse(
+function buildReply(
   pool: ConnectionPool,
   conn: Connection,
   head: ResponseHead,
   request: UpstreamRequest,
   pump: Promise<boolean> | undefined,
   finish: Finish,
-): Response {
+): Reply {
   const headers = head.headers;
   const framing = head.framing;
-  // The whole body arrived with the head: hand it over in one piece. Deno.serve derives the
-  // same Content-Length from it natively, cheaper than validating the header in JS.
-  const whole = framing === "length" && conn.end - conn.start >= head.length;
   for (let j = 0; j < headers.length; j++) {
     const name = headers[j][0];
-    if (name === "x-request-id" || (whole && name === "content-length")) headers.splice(j--, 1);
+    if (name.length === 12 && name.toLowerCase() === "x-request-id") headers.splice(j--, 1);
   }
   headers.push(["x-request-id", request.requestId]);
   if (request.setCookie !== undefined) headers.push(["set-cookie", request.setCookie]);
-  // No statusText: Deno.serve always sends the standard reason phrase, so it would only cost time.
-  const init = { status: head.status, headers };
+  const reply: Reply = {
+    status: head.status,
+    reason: head.reason,
+    headers,
+    length: framing === "length" ? head.length : -1,
+    body: null,
+  };
 
   const done = (bytes: number) => {
     const reusable = head.keepAlive && conn.start === conn.end;
@@ -215,16 +207,20 @@ function buildResponse(
 
   if (framing === "none" || NULL_BODY_STATUS.has(head.status)) {
     if (framing !== "none") head.keepAlive = false;
+    // A HEAD or 304 keeps the Content-Length that describes the body it does not carry.
+    reply.length = framing === "none" ? head.length : 0;
     done(0);
-    return new Response(null, init);
+    return reply;
   }
-  if (whole) {
-    const body = conn.buf.slice(conn.start, conn.start + head.length);
+  if (framing === "length" && conn.end - conn.start >= head.length) {
+    // The whole body arrived with the head: hand it over in one piece.
+    reply.body = conn.buf.slice(conn.start, conn.start + head.length);
     conn.start += head.length;
-    done(body.length);
-    return new Response(body, init);
+    done(head.length);
+    return reply;
   }
-  return new Response(bodyStream(pool, conn, head, done, finish), init);
+  reply.body = bodyStream(pool, conn, head, done, finish);
+  return reply;
 }
 
 function bodyStream(
@@ -247,24 +243,11 @@ function bodyStream(
     controller.error(new Error(`upstream body: ${cause}`));
   };
 
-  /** Up to `max` body bytes: buffered ones first, otherwise straight from the socket. */
-  const take = async (max: number): Promise<Uint8Array | null> => {
-    if (conn.start < conn.end) {
-      const n = Math.min(max, conn.end - conn.start);
-      const chunk = conn.buf.slice(conn.start, conn.start + n);
-      conn.start += n;
-      return chunk;
-    }
-    const chunk = new Uint8Array(Math.min(max, READ_SIZE));
-    const n = await conn.readInto(chunk);
-    return n === null ? null : chunk.subarray(0, n);
-  };
-
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
         if (head.framing === "length") {
-          const chunk = await take(remaining);
+          const chunk = await conn.take(remaining);
           if (!chunk) {
             return fail(controller, `backend closed the connection with ${remaining} bytes left`);
           }
@@ -281,7 +264,7 @@ function bodyStream(
         if (chunked) {
           for (;;) {
             if (chunked.remaining > 0) {
-              const chunk = await take(chunked.remaining);
+              const chunk = await conn.take(chunked.remaining);
               if (!chunk) return fail(controller, "backend closed the connection inside a chunk");
               chunked.remaining -= chunk.length;
               bytes += chunk.length;
@@ -301,7 +284,7 @@ function bodyStream(
           }
         }
         // Delimited by close: everything until EOF is the body.
-        const chunk = await take(READ_SIZE);
+        const chunk = await conn.take(READ_SIZE);
         if (!chunk) {
           settled = true;
           done(bytes);

@@ -1,7 +1,10 @@
 /** One keep-alive TCP (or TLS) connection to a backend, with its read buffer. */
 import { Deadline } from "./deadlines.ts";
+import { ParseError } from "./http1.ts";
 
 const INITIAL_BUFFER = 16 * 1024;
+/** Largest read of body bytes at a time. */
+export const READ_SIZE = 64 * 1024;
 /** Largest response head accepted from a backend. */
 export const MAX_HEAD = 64 * 1024;
 
@@ -66,6 +69,29 @@ export class Connection {
   async readInto(target: Uint8Array): Promise<number | null> {
     if (this.#pending) return await this.fill();
     return await this.raw.read(target);
+  }
+
+  /** A head with bare LF line endings never contains CRLFCRLF: refuse it instead of waiting. */
+  rejectBareLf(from: number, what: "request" | "response"): void {
+    const buf = this.buf;
+    for (let i = Math.max(from, this.start); i < this.end; i++) {
+      if (buf[i] === 10 && (i === this.start || buf[i - 1] !== 13)) {
+        throw new ParseError(`bare LF in ${what} head`);
+      }
+    }
+  }
+
+  /** Up to `max` bytes: buffered ones first, otherwise straight from the socket. Null at EOF. */
+  async take(max: number): Promise<Uint8Array | null> {
+    if (this.start < this.end) {
+      const n = Math.min(max, this.end - this.start);
+      const chunk = this.buf.slice(this.start, this.start + n);
+      this.start += n;
+      return chunk;
+    }
+    const chunk = new Uint8Array(Math.min(max, READ_SIZE));
+    const n = await this.readInto(chunk);
+    return n === null ? null : chunk.subarray(0, n);
   }
 
   /** Writes all of `bytes`. */

@@ -88,10 +88,10 @@ export type BodyFraming = "none" | "length" | "chunked" | "close";
 export interface ResponseHead {
   status: number;
   reason: string;
-  /** Header fields in order, names lower-case, hop-by-hop ones removed. */
+  /** Header fields in order, names as sent; hop-by-hop ones and Content-Length removed. */
   headers: [string, string][];
   framing: BodyFraming;
-  /** Body length for `length` framing. */
+  /** The Content-Length value, -1 without one (it is the body's length for `length` framing). */
   length: number;
   /** Whether the connection may carry another request after this response. */
   keepAlive: boolean;
@@ -104,7 +104,22 @@ export class ParseError extends Error {
   override name = "ParseError";
 }
 
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** The characters of a token (RFC 9110 §5.6.2): method names and header field names. */
+export const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/** Parses one Content-Length value (a list of equal numbers is one number); `current` is an earlier one, -1 if none. */
+export function parseContentLength(value: string, current: number): number {
+  for (const part of value.split(",")) {
+    const v = part.trim();
+    if (!/^\d{1,15}$/.test(v)) {
+      throw new ParseError(`invalid content-length ${JSON.stringify(value)}`);
+    }
+    const n = Number(v);
+    if (current !== -1 && current !== n) throw new ParseError("conflicting content-length values");
+    current = n;
+  }
+  return current;
+}
 
 /** Index just past the first CRLFCRLF in buf[from, to), or -1. */
 export function findHeadEnd(buf: Uint8Array, from: number, to: number): number {
@@ -120,12 +135,10 @@ export function findHeadEnd(buf: Uint8Array, from: number, to: number): number {
 }
 
 /**
- * Parses a response head strictly: CRLF line endings only, no obsolete line folding,
- * no control characters, token header names with no space before the colon, and a
- * single unambiguous body length. `head` excludes the final empty line.
+ * Checks a head's bytes in one pass: no control characters but HTAB, CR and LF only as
+ * CRLF pairs, and the last line ended. Returns whether any byte is above 0x7F.
  */
-export function parseResponseHead(head: Uint8Array, requestMethod: string): ResponseHead {
-  // One pass over the bytes: no control characters, and CR and LF only as CRLF pairs.
+export function scanHead(head: Uint8Array, what: "request" | "response"): boolean {
   const len = head.length;
   let high = false;
   for (let i = 0; i < len; i++) {
@@ -138,11 +151,21 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
       }
       if (b === 9) continue;
       if (b === 10 || b === 13) throw new ParseError("bare CR or LF in head");
-      throw new ParseError(`control character 0x${b.toString(16)} in response head`);
+      throw new ParseError(`control character 0x${b.toString(16)} in ${what} head`);
     }
   }
-  // `head` ends with the last line's CRLF.
   if (len < 2 || head[len - 2] !== 13) throw new ParseError("unterminated head");
+  return high;
+}
+
+/**
+ * Parses a response head strictly: CRLF line endings only, no obsolete line folding,
+ * no control characters, token header names with no space before the colon, and a
+ * single unambiguous body length. `head` excludes the final empty line.
+ */
+export function parseResponseHead(head: Uint8Array, requestMethod: string): ResponseHead {
+  const high = scanHead(head, "response");
+  const len = head.length;
   const text = latin1String(head, high);
   let eol = text.indexOf("\r\n");
   // HTTP/1.x SP 3DIGIT [SP reason], checked by character code: a regex here costs a match array per response.
@@ -180,20 +203,9 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
     const name = raw.toLowerCase();
     const value = text.slice(colon + 1, eol).trim();
     switch (name) {
-      case "content-length": {
-        for (const part of value.split(",")) {
-          const v = part.trim();
-          if (!/^\d{1,15}$/.test(v)) {
-            throw new ParseError(`invalid content-length ${JSON.stringify(value)}`);
-          }
-          const n = Number(v);
-          if (contentLength !== -1 && contentLength !== n) {
-            throw new ParseError("conflicting content-length values");
-          }
-          contentLength = n;
-        }
-        break;
-      }
+      case "content-length":
+        contentLength = parseContentLength(value, contentLength);
+        continue;
       case "transfer-encoding": {
         if (transferEncoding) throw new ParseError("repeated transfer-encoding");
         transferEncoding = true;
@@ -209,14 +221,14 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
         continue;
     }
     if (HOP_BY_HOP.has(name)) continue;
-    headers.push([name, value]);
+    headers.push([raw, value]);
   }
   if (chunked && contentLength !== -1) {
     throw new ParseError("both transfer-encoding and content-length");
   }
   let filtered = headers;
   if (connection) {
-    filtered = headers.filter(([name]) => !connection!.has(name));
+    filtered = headers.filter(([name]) => !connection!.has(name.toLowerCase()));
   }
   const close = connection?.has("close") ?? false;
   let keepAlive = http10 ? (connection?.has("keep-alive") ?? false) && !close : !close;
@@ -239,7 +251,7 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
     reason,
     headers: filtered,
     framing,
-    length: contentLength === -1 ? 0 : contentLength,
+    length: contentLength,
     keepAlive,
     size: head.length + 2,
   };

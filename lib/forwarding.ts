@@ -1,6 +1,6 @@
 /** What a proxy changes in a request on its way upstream: hop-by-hop headers out, X-Forwarded-* in. */
 import type { ClientRequest } from "./listener/request.ts";
-import { connectionTokens, HOP_BY_HOP } from "./upstream/http1.ts";
+import { connectionTokens, HOP_BY_HOP } from "./http1/wire.ts";
 
 /** The upstream request head and how its body is framed. */
 export interface ForwardHead {

@@ -10,7 +10,8 @@ import type { RetryBudget } from "./retry_budget.ts";
 import type { SelectContext, Selector } from "./select/mod.ts";
 import { stickyCookie, type StickyOptions } from "./select/sticky.ts";
 import { CLIENT_CLOSED, exchange } from "./upstream/client.ts";
-import { IDEMPOTENT_METHODS, latin1Bytes, UpstreamError } from "./upstream/http1.ts";
+import { IDEMPOTENT_METHODS, latin1Bytes } from "./http1/wire.ts";
+import { UpstreamError } from "./upstream/errors.ts";
 import { RequestBody } from "./upstream/request_body.ts";
 
 const CRLF = "\r\n";
@@ -116,6 +117,7 @@ export class Proxy {
     let lastError: UpstreamError | undefined;
     let held: Attempt | undefined; // a retryable 5xx kept in case no retry is possible
     let sawFull = false;
+    let clientFailed = false; // the client's body broke off: nobody upstream is to blame
     let queueDeadline = 0; // one queueTimeout in all, however often a freed slot is taken first
     let candidates = settings.selector.candidates(record)[Symbol.iterator]();
     for (;;) {
@@ -194,6 +196,12 @@ export class Proxy {
         backend.release();
         queue.notify();
         if (!(err instanceof UpstreamError)) throw err;
+        if (body?.failed) {
+          clientFailed = true;
+          record.backend = backend;
+          record.error = "client request body failed";
+          break;
+        }
         lastError = err;
         record.backend = backend;
         for (const o of this.parts.observers) o.upstreamError(backend, err);
@@ -217,7 +225,9 @@ export class Proxy {
     }
     body?.cancel();
     const timeout = lastError?.kind === "timeout";
-    const [status, text] = lastError
+    const [status, text] = clientFailed
+      ? [400, "Bad Request"]
+      : lastError
       ? timeout ? [504, "Gateway Timeout"] : [502, "Bad Gateway"]
       : [503, "Service not available"];
     const headers: [string, string][] = [["x-request-id", requestId]];

@@ -2,7 +2,7 @@
 import { Counter, Gauge, Histogram, Registry } from "./metrics.ts";
 import type { Backend, BackendState, Pool } from "./pool.ts";
 import type { ProxyObserver, RequestRecord } from "./proxy.ts";
-import type { UpstreamError } from "./upstream/http1.ts";
+import type { UpstreamError } from "./upstream/errors.ts";
 
 const METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"];
 /** Method label index; other methods count as "OTHER" (index METHODS.length). */

@@ -264,15 +264,25 @@ Deno.test("chunked request bodies (extensions, trailers) reach the backend whole
 });
 
 Deno.test("an invalid chunk size fails the request and closes the connection; still serving", async () => {
-  await withDemo(async ({ port }) => {
-    {
+  await withDemo(async ({ port, lb }) => {
+    for (const method of ["POST", "PUT"]) {
       using client = await RawClient.connect(port);
-      await client.send(post("Transfer-Encoding: chunked\r\n", "zz\r\nhello\r\n0\r\n\r\n"));
+      // A good chunk first, so the upload is already under way upstream when the bad one comes.
+      await client.send(
+        `${method} /echo HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`,
+      );
+      await client.send("zz\r\nhello\r\n0\r\n\r\n");
       const got = await untilClosed(client);
       assert.doesNotMatch(got, /^HTTP\/1\.\d 200/m, `a bad body was answered 200: ${got}`);
     }
+    // The client's fault, not the backend's: no failure counted against it, no retry.
+    const backend = lb.balancer.pool.backends[0];
+    await waitFor(() => backend.inflight === 0, "the failed uploads to be settled");
+    assert.equal(backend.consecutiveFailures, 0);
+    assert.equal(backend.state, "up");
+    assert.deepEqual(lb.logs.filter((l) => /upstream .* failed|retry/.test(l)), []);
     await assertServes(port);
-  });
+  }, { outlier: { consecutiveFailures: 1, maxEjectionPercent: 100 } });
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ export interface TestBalancer {
  * Starts a balancer in-process from raw config (validated like a file); listens on
  * 127.0.0.1:0, health checks every minute unless the config says otherwise.
  */
-export async function startTestBalancer(raw: Record<string, unknown>): Promise<TestBalancer> {
+export function startTestBalancer(raw: Record<string, unknown>): TestBalancer {
   const health = (raw.health ?? {}) as Record<string, unknown>;
   const config = validateConfig({
     ...raw,

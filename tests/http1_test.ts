@@ -9,7 +9,7 @@ import {
   ParseError,
   parseResponseHead,
   type ResponseHead,
-} from "../lib/upstream/http1.ts";
+} from "../lib/http1/wire.ts";
 
 /** Parses a head written as text with `\r\n` line ends; `text` ends with the last field's CRLF. */
 function parse(text: string, method = "GET"): ResponseHead {

@@ -337,7 +337,7 @@ export function dropServer(
  * answer apart from their configured status), so a backend told to fail its traffic
  * is not also marked down by the first probe.
  */
-export function startBalancer(raw: Record<string, unknown>): Promise<TestBalancer> {
+export function startBalancer(raw: Record<string, unknown>): TestBalancer {
   return startTestBalancer({
     ...raw,
     health: { path: "/health", ...(raw.health as Record<string, unknown> ?? {}) },

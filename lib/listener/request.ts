@@ -6,7 +6,7 @@ import {
   ParseError,
   scanHead,
   TOKEN,
-} from "../upstream/http1.ts";
+} from "../http1/wire.ts";
 
 /** A request the listener refuses, with the status the client gets. */
 export class RequestError extends ParseError {

@@ -3,8 +3,8 @@
  * order), strict request parsing, slow-client timeouts and graceful drain. Headers pass
  * through as sent (case, order, repeats) and the backend's reason phrase reaches the client.
  */
-import { Connection, HeadTooLarge } from "../upstream/connection.ts";
-import { ChunkedDecoder, findHeadEnd, latin1Bytes, ParseError } from "../upstream/http1.ts";
+import { Connection, HeadTooLarge } from "../http1/connection.ts";
+import { ChunkedDecoder, findHeadEnd, latin1Bytes, ParseError } from "../http1/wire.ts";
 import { type ClientRequest, parseRequestHead, RequestError } from "./request.ts";
 
 /** A response for the server to send. */
@@ -81,8 +81,10 @@ const LAST_CHUNK = new TextEncoder().encode("0\r\n\r\n");
 const utf8 = new TextEncoder();
 /** How long a closing connection keeps reading what the client still sends, so it sees our last response. */
 const LINGER = 2_000;
-/** Bodies at most this big are written together with the head, in one write. */
-const COALESCE = 16 * 1024;
+/** A head and body (or chunk) up to this size go out in one write, from a pooled buffer. */
+const OUT_SIZE = 32 * 1024;
+const MAX_SPARE_OUT = 64;
+const spareOut: Uint8Array[] = [];
 
 /** Starts the server, listening at once. */
 export function serve(options: ServeOptions): Server {
@@ -114,11 +116,7 @@ export function serve(options: ServeOptions): Server {
   const stopAccepting = () => {
     if (!accepting) return;
     accepting = false;
-    try {
-      listener.close();
-    } catch {
-      // already closed
-    }
+    closeQuietly(listener);
   };
   const settle = (): Promise<void> => {
     if (sessions.size === 0 && !accepting) closed();
@@ -145,7 +143,14 @@ export function serve(options: ServeOptions): Server {
         await new Promise((resolve) => setTimeout(resolve, 100));
         continue;
       }
-      const session = new Session(raw, context);
+      let session: Session;
+      try {
+        session = new Session(raw, context);
+      } catch {
+        // Reset before we got to it.
+        closeQuietly(raw);
+        continue;
+      }
       sessions.add(session);
       session.run().finally(() => {
         sessions.delete(session);
@@ -217,6 +222,7 @@ class Session {
     } catch (err) {
       if (err instanceof HeadTooLarge) await this.#fail(431, "request head too large");
       else if (err instanceof ParseError) await this.#fail(400, err.message);
+      else this.context.onError(err);
     } finally {
       this.disarm();
       await this.#timedOut;
@@ -457,6 +463,14 @@ class BodyReader {
   }
 }
 
+function closeQuietly(resource: { close(): void }): void {
+  try {
+    resource.close();
+  } catch {
+    // already closed
+  }
+}
+
 /** A whole response refusing a request (ASCII `message`), closing the connection. */
 function refusal(status: number, message: string): Uint8Array {
   const text = `${REASONS[status]}: ${message}\n`;
@@ -479,23 +493,23 @@ async function writeWith(
   bytes: Uint8Array,
   tail?: Uint8Array,
 ): Promise<void> {
-  const extra = tail?.length ?? 0;
-  if (bytes.length > COALESCE) {
-    await conn.write(latin1Bytes(text));
-    await conn.write(bytes);
-    if (tail) await conn.write(tail);
-    return;
+  const size = text.length + bytes.length + (tail?.length ?? 0);
+  if (size <= OUT_SIZE) {
+    // A pooled buffer: allocating a fresh one per response costs more than filling it.
+    const out = spareOut.pop() ?? new Uint8Array(OUT_SIZE);
+    try {
+      const { read, written } = utf8.encodeInto(text, out);
+      if (read === text.length && written === text.length) {
+        out.set(bytes, written);
+        if (tail) out.set(tail, written + bytes.length);
+        return await conn.write(out.subarray(0, size));
+      }
+      // Not ASCII: the separate writes below encode one byte per character.
+    } finally {
+      if (spareOut.length < MAX_SPARE_OUT) spareOut.push(out);
+    }
   }
-  const out = new Uint8Array(text.length + bytes.length + extra);
-  const { read, written } = utf8.encodeInto(text, out);
-  if (read !== text.length || written !== text.length) {
-    // Not ASCII: one byte per character instead.
-    await conn.write(latin1Bytes(text));
-    await conn.write(bytes);
-    if (tail) await conn.write(tail);
-    return;
-  }
-  out.set(bytes, written);
-  if (tail) out.set(tail, written + bytes.length);
-  await conn.write(out.subarray(0, written + bytes.length + extra));
+  await conn.write(latin1Bytes(text));
+  await conn.write(bytes);
+  if (tail) await conn.write(tail);
 }

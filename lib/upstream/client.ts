@@ -1,5 +1,5 @@
 /** The HTTP/1.1 client: sends one request over a pooled connection and streams the response back. */
-import { type Connection, HeadTooLarge, READ_SIZE } from "./connection.ts";
+import { type Connection, HeadTooLarge, READ_SIZE } from "../http1/connection.ts";
 import { type ConnectionPool, describeError } from "./connection_pool.ts";
 import {
   ChunkedDecoder,
@@ -8,8 +8,8 @@ import {
   ParseError,
   parseResponseHead,
   type ResponseHead,
-  UpstreamError,
-} from "./http1.ts";
+} from "../http1/wire.ts";
+import { UpstreamError } from "./errors.ts";
 import type { RequestBody } from "./request_body.ts";
 import type { Reply } from "../listener/server.ts";
 
@@ -110,9 +110,10 @@ export async function exchange(
       pool.discard(conn);
       const failure = upstreamError(err, timer.expired, sent, request.responseTimeout);
       // The backend may have closed the idle connection just as we reused it.
-      const resend = reused && failure.kind === "reset" && (!failure.sent ||
-        (IDEMPOTENT_METHODS.has(request.method) &&
-          (request.body === null || request.body.rewind())));
+      const resend = reused && failure.kind === "reset" && !request.body?.failed &&
+        (!failure.sent ||
+          (IDEMPOTENT_METHODS.has(request.method) &&
+            (request.body === null || request.body.rewind())));
       if (!resend) throw failure;
       reused = false;
       conn = await pool.connect();

@@ -1,6 +1,6 @@
 /** Keep-alive connection pooling for one backend: reuse idle connections, open new ones on demand. */
-import { Connection } from "./connection.ts";
-import { UpstreamError } from "./http1.ts";
+import { Connection } from "../http1/connection.ts";
+import { UpstreamError } from "./errors.ts";
 
 /** Idle connections kept per backend at most; more are closed when released. */
 const MAX_IDLE = 256;

@@ -8,11 +8,17 @@ export class RequestBody {
   #keptBytes = 0;
   #overflow = false;
   #ended = false;
+  #failed = false;
   /** The read in progress, shared so an abandoned attempt and its retry never read concurrently. */
   #reading: Promise<Uint8Array | null> | undefined;
 
   constructor(stream: ReadableStream<Uint8Array>, readonly limit: number) {
     this.#reader = stream.getReader();
+  }
+
+  /** True once reading the client's body failed (a malformed chunk, an aborted upload): the client's fault. */
+  get failed(): boolean {
+    return this.#failed;
   }
 
   /** Whether the body can be sent again from its first byte. */
@@ -39,7 +45,14 @@ export class RequestBody {
 
   async #read(): Promise<Uint8Array | null> {
     try {
-      const { value, done } = await this.#reader.read();
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await this.#reader.read();
+      } catch (err) {
+        this.#failed = true;
+        throw err;
+      }
+      const { value, done } = next;
       if (done) {
         this.#ended = true;
         return null;

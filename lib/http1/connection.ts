@@ -1,6 +1,6 @@
 /** One keep-alive TCP (or TLS) connection to a backend, with its read buffer. */
 import { Deadline } from "./deadlines.ts";
-import { ParseError } from "./http1.ts";
+import { ParseError } from "./wire.ts";
 
 const INITIAL_BUFFER = 16 * 1024;
 /** Largest read of body bytes at a time. */

@@ -476,6 +476,40 @@ Deno.test("timeouts.clientHeader bounds the whole head: a byte at a time does no
   }, { timeouts: { clientHeader: "1s" } });
 });
 
+Deno.test("slowloris: 200 trickling connections do not delay other clients and are all cut off", async () => {
+  await withDemo(async ({ port, lb }) => {
+    const slow = await Promise.all(
+      Array.from({ length: 200 }, () => Deno.connect({ hostname: "127.0.0.1", port })),
+    );
+    try {
+      const partial = new TextEncoder().encode(`GET / HTTP/1.1\r\n${H}X-a: `);
+      await Promise.all(slow.map((c) => c.write(partial)));
+      // Meanwhile ordinary requests are answered at once.
+      for (let i = 0; i < 20; i++) {
+        const started = Date.now();
+        await assertServes(port);
+        assert.ok(Date.now() - started < 1_000, `a request took ${Date.now() - started} ms`);
+      }
+      // Every trickling connection ends (408, then closed) once clientHeader has passed.
+      await within(
+        Promise.all(slow.map(async (c) => {
+          const buf = new Uint8Array(4096);
+          while ((await c.read(buf).catch(() => null)) !== null) { /* the 408 */ }
+        })),
+        WAIT,
+        "the slow connections to be closed",
+      );
+      await waitFor(() => lb.balancer.stats.clientConnections() === 0, "no connections left");
+    } finally {
+      for (const c of slow) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+    }
+  }, { timeouts: { clientHeader: "2s" } });
+});
+
 Deno.test("timeouts.client: a stalled request body gets 408 and the connection is closed", async () => {
   await withDemo(async ({ port }) => {
     {

@@ -118,3 +118,43 @@ Deno.test("parseRequestHead takes the client's address along", () => {
   const req = parseRequestHead(new TextEncoder().encode("GET / HTTP/1.0\r\n"), "::1", 4321);
   assert.deepEqual([req.ip, req.port], ["::1", 4321]);
 });
+
+Deno.test("fuzz: mangled heads are parsed or refused with a status, never anything else", () => {
+  const seeds = [
+    "GET /a?b=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n",
+    "POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\nExpect: 100-continue\r\n",
+    "PUT /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close, x\r\n",
+    "GET http://h:1/p HTTP/1.0\r\nConnection: keep-alive\r\n",
+  ];
+  const alphabet = [0, 9, 10, 13, 32, 44, 47, 58, 59, 65, 127, 200, 255];
+  let seed = 42;
+  const next = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  let parsed = 0;
+  let refused = 0;
+  for (let round = 0; round < 5_000; round++) {
+    const bytes = [...new TextEncoder().encode(seeds[round % seeds.length])];
+    for (let edits = 1 + Math.floor(next() * 4); edits > 0; edits--) {
+      const at = Math.floor(next() * bytes.length);
+      const op = next();
+      const byte = alphabet[Math.floor(next() * alphabet.length)];
+      if (op < 0.4) bytes[at] = byte;
+      else if (op < 0.7) bytes.splice(at, 0, byte);
+      else bytes.splice(at, 1);
+    }
+    const head = Uint8Array.from(bytes);
+    try {
+      const req = parseRequestHead(head, "127.0.0.1", 1);
+      assert.ok(req.method.length > 0 && req.target.length > 0);
+      assert.ok(!(req.chunked && req.length !== -1), "one framing at most");
+      parsed++;
+    } catch (err) {
+      assert.ok(
+        err instanceof RequestError,
+        `${JSON.stringify(String.fromCharCode(...head))}: ${err}`,
+      );
+      assert.ok([400, 501, 505].includes(err.status), `status ${err.status}`);
+      refused++;
+    }
+  }
+  assert.ok(parsed > 100 && refused > 100, `parsed ${parsed}, refused ${refused}`);
+});

@@ -10,7 +10,7 @@ import type { RetryBudget } from "./retry_budget.ts";
 import type { SelectContext, Selector } from "./select/mod.ts";
 import { stickyCookie, type StickyOptions } from "./select/sticky.ts";
 import { CLIENT_CLOSED, exchange } from "./upstream/client.ts";
-import { IDEMPOTENT_METHODS, latin1Bytes } from "./http1/wire.ts";
+import { IDEMPOTENT_METHODS } from "./http1/wire.ts";
 import { UpstreamError } from "./upstream/errors.ts";
 import { RequestBody } from "./upstream/request_body.ts";
 
@@ -92,7 +92,7 @@ export class Proxy {
     const forward = forwardHead(req, ip, "http", undefined);
     const requestId = forward.requestId ?? crypto.randomUUID();
     if (forward.requestId === undefined) forward.text += "x-request-id: " + requestId + CRLF;
-    const head = forward.hasHost ? latin1Bytes(forward.text + CRLF) : undefined;
+    const head = forward.hasHost ? forward.text + CRLF : undefined;
     const body = req.body ? new RequestBody(req.body, settings.retryBuffer) : null;
     const method = req.method;
     const record: RequestRecord = {
@@ -169,7 +169,7 @@ export class Proxy {
       try {
         const reply = await exchange(backend.connections, {
           method,
-          head: head ?? latin1Bytes(`${forward.text}host: ${backend.authority}${CRLF}${CRLF}`),
+          head: head ?? `${forward.text}host: ${backend.authority}${CRLF}${CRLF}`,
           body,
           chunked: forward.chunked,
           responseTimeout: settings.responseTimeout,

@@ -1,10 +1,17 @@
 /** One keep-alive TCP (or TLS) connection to a backend, with its read buffer. */
 import { Deadline } from "./deadlines.ts";
-import { ParseError } from "./wire.ts";
+import { latin1Bytes, ParseError } from "./wire.ts";
 
 const INITIAL_BUFFER = 16 * 1024;
 /** Largest read of body bytes at a time. */
 export const READ_SIZE = 64 * 1024;
+/** Writes up to this size are joined into one buffer (see `writeJoined`). */
+const JOINED_SIZE = 32 * 1024;
+const MAX_SPARE = 64;
+const spareJoined: Uint8Array[] = [];
+const utf8 = new TextEncoder();
+const CRLF = new Uint8Array([13, 10]);
+const LAST_CHUNK = new Uint8Array([48, 13, 10, 13, 10]);
 /** Largest response head accepted from a backend. */
 export const MAX_HEAD = 64 * 1024;
 
@@ -92,6 +99,42 @@ export class Connection {
     const chunk = new Uint8Array(Math.min(max, READ_SIZE));
     const n = await this.readInto(chunk);
     return n === null ? null : chunk.subarray(0, n);
+  }
+
+  /**
+   * Writes `text` (a head or a chunk-size line, one byte per character), then `bytes` and
+   * `tail`: in one write from a pooled buffer when they fit, as a client sees one packet.
+   */
+  async writeJoined(text: string, bytes: Uint8Array, tail?: Uint8Array): Promise<void> {
+    const size = text.length + bytes.length + (tail?.length ?? 0);
+    if (size <= JOINED_SIZE) {
+      // Pooled: allocating a buffer per response costs more than filling one.
+      const out = spareJoined.pop() ?? new Uint8Array(JOINED_SIZE);
+      try {
+        const { read, written } = utf8.encodeInto(text, out);
+        if (read === text.length && written === text.length) {
+          out.set(bytes, written);
+          if (tail) out.set(tail, written + bytes.length);
+          return await this.write(out.subarray(0, size));
+        }
+        // Not ASCII: the separate writes below encode one byte per character.
+      } finally {
+        if (spareJoined.length < MAX_SPARE) spareJoined.push(out);
+      }
+    }
+    await this.write(latin1Bytes(text));
+    await this.write(bytes);
+    if (tail) await this.write(tail);
+  }
+
+  /** Writes `bytes` as one chunk of a chunked body. */
+  writeChunk(bytes: Uint8Array): Promise<void> {
+    return this.writeJoined(bytes.length.toString(16) + "\r\n", bytes, CRLF);
+  }
+
+  /** Ends a chunked body (no trailers). */
+  writeLastChunk(): Promise<void> {
+    return this.write(LAST_CHUNK);
   }
 
   /** Writes all of `bytes`. */

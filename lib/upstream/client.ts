@@ -16,8 +16,8 @@ import type { Reply } from "../listener/server.ts";
 /** What one exchange needs. */
 export interface UpstreamRequest {
   method: string;
-  /** The encoded request head, CRLFCRLF included. */
-  head: Uint8Array;
+  /** The request head, CRLFCRLF included (one byte per character). */
+  head: string;
   /** The request body, or null; `chunked` says how to frame it. */
   body: RequestBody | null;
   chunked: boolean;
@@ -35,10 +35,8 @@ export const CLIENT_CLOSED = "client closed the connection";
 /** Called once when the response body has been fully relayed (error undefined) or has failed. */
 export type Finish = (bytes: number, error?: string) => void;
 
+const NO_BYTES = new Uint8Array(0);
 const NULL_BODY_STATUS = new Set([101, 204, 205, 304]);
-const CRLF = new Uint8Array([13, 10]);
-const LAST_CHUNK = new Uint8Array([48, 13, 10, 13, 10]);
-const encoder = new TextEncoder();
 
 /**
  * Sends `request` to the backend behind `pool` and resolves once the response head
@@ -61,10 +59,9 @@ export async function exchange(
     let pump: Promise<boolean> | undefined;
     try {
       timer.arm(request.responseTimeout);
-      const head = request.head;
-      const n = await conn.raw.write(head);
+      // A head cut off part-way is no request the backend can act on: "sent" once it is all out.
+      await conn.writeJoined(request.head, NO_BYTES);
       sent = true;
-      if (n < head.length) await conn.write(head.subarray(n));
       if (request.body) {
         // While the body is being sent, the deadline counts from the latest body write.
         const progress = () => {
@@ -145,26 +142,10 @@ async function sendBody(
   try {
     for await (const chunk of body.chunks()) {
       if (chunk.length === 0) continue;
-      if (chunked) {
-        const size = encoder.encode(chunk.length.toString(16) + "\r\n");
-        if (chunk.length <= 16384) {
-          // One write per chunk: framing and data together.
-          const framed = new Uint8Array(size.length + chunk.length + 2);
-          framed.set(size);
-          framed.set(chunk, size.length);
-          framed.set(CRLF, size.length + chunk.length);
-          await conn.write(framed);
-        } else {
-          await conn.write(size);
-          await conn.write(chunk);
-          await conn.write(CRLF);
-        }
-      } else {
-        await conn.write(chunk);
-      }
+      await (chunked ? conn.writeChunk(chunk) : conn.write(chunk));
       progress();
     }
-    if (chunked) await conn.write(LAST_CHUNK);
+    if (chunked) await conn.writeLastChunk();
     progress();
     return true;
   } catch {

@@ -77,9 +77,9 @@ const PIN = !opts["no-pin"] && navigator.hardwareConcurrency >= 2 &&
       return false;
     }
   })();
-/** 8 rows and the same-core pairing, each: start + warm-up + run + stop; plus setup. */
+/** 8 rows and the two same-core pairings, each: start + warm-up + run + stop; plus setup. */
 const TIME_LIMIT = opts["time-limit"] === undefined
-  ? 60 + ROUNDS * 9 * (WARMUP + DURATION + 12)
+  ? 60 + ROUNDS * 10 * (WARMUP + DURATION + 12)
   : positive("time-limit", opts["time-limit"]);
 if (BACKEND_PROCS !== 1 && BACKEND_PROCS !== 3) {
   console.error("bench: --backend-procs must be 1 or 3");
@@ -508,7 +508,8 @@ async function startBackends(): Promise<void> {
   }));
 }
 
-function startSluice(strategy: string, accessLog: boolean): Target {
+/** sluice with `strategy`; with `accessLog`, writing a JSON access log to that file in the temp dir. */
+function startSluice(strategy: string, accessLog?: string): Target {
   const port = freePort();
   let args: string[];
   if (accessLog) {
@@ -518,10 +519,10 @@ function startSluice(strategy: string, accessLog: boolean): Target {
       strategy,
       backends: backendUrls().map((url) => ({ url })),
       log: { level: "warn" },
-      accessLog: { format: "json", path: `${tmp}/access.log` },
+      accessLog: { format: "json", path: `${tmp}/${accessLog}` },
     };
-    Deno.writeTextFileSync(`${tmp}/sluice-access-log.json`, JSON.stringify(config, null, 2));
-    args = ["--config", `${tmp}/sluice-access-log.json`];
+    Deno.writeTextFileSync(`${tmp}/${accessLog}.json`, JSON.stringify(config, null, 2));
+    args = ["--config", `${tmp}/${accessLog}.json`];
   } else {
     args = ["--host", "127.0.0.1", "--port", String(port), "--strategy", strategy];
     for (const url of backendUrls()) args.push("--backend", url);
@@ -694,35 +695,36 @@ async function measureRow(r: Row, gen: LoadGen): Promise<void> {
   }
 }
 
-/** One round of sluice round-robin and nginx (1 worker) loaded at once on the same core. */
+/** One round of two proxies loaded at once on the same core. */
 interface Pairing {
-  sluice: LoadResult;
-  nginx: LoadResult;
+  a: LoadResult;
+  b: LoadResult;
 }
 
 /**
- * Runs sluice and nginx side by side, both pinned to core 1, each under its own load generator:
- * a slow phase of the machine then hits both alike, so their CPU per request compares fairly
+ * Runs two proxies side by side, both pinned to core 1, each under its own load generator: a
+ * slow phase of the machine then hits both alike, so their CPU per request compares fairly
  * even when sequential rows do not.
  */
-async function measurePairing(nginxBin: string, gen: LoadGen): Promise<Pairing | undefined> {
-  log("same core: sluice round-robin and nginx (1 worker) at once");
+async function measurePairing(
+  names: [string, string],
+  start: () => Promise<[Target, Target]>,
+  gen: LoadGen,
+): Promise<Pairing | undefined> {
+  log(`same core: ${names[0]} and ${names[1]} at once`);
   const targets: Target[] = [];
   try {
-    targets.push(startSluice("round-robin", false), await startNginx(nginxBin, "1"));
+    targets.push(...await start());
     for (const t of targets) await ready(t, 60_000);
     if (WARMUP > 0) await Promise.all(targets.map((t) => gen.measure(t.url, WARMUP)));
     const cpu = await Promise.all(targets.map((t) => cpuMeter(t.child!.proc.pid)));
-    const [sluice, nginx] = await Promise.all(targets.map((t) => gen.measure(t.url, DURATION)));
-    [sluice.cpuUs, nginx.cpuUs] = await Promise.all([
-      cpu[0](sluice.requests),
-      cpu[1](nginx.requests),
-    ]);
+    const [a, b] = await Promise.all(targets.map((t) => gen.measure(t.url, DURATION)));
+    [a.cpuUs, b.cpuUs] = await Promise.all([cpu[0](a.requests), cpu[1](b.requests)]);
     log(
-      `  sluice ${fmtRps(sluice.rps)} req/s, ${fmtCpu(sluice.cpuUs)}; ` +
-        `nginx ${fmtRps(nginx.rps)} req/s, ${fmtCpu(nginx.cpuUs)} (CPU per request)`,
+      `  ${names[0]} ${fmtRps(a.rps)} req/s, ${fmtCpu(a.cpuUs)}; ` +
+        `${names[1]} ${fmtRps(b.rps)} req/s, ${fmtCpu(b.cpuUs)} (CPU per request)`,
     );
-    return { sluice, nginx };
+    return { a, b };
   } catch (err) {
     if (stopAll.signal.aborted) throw err;
     log(`  failed: ${(err as Error).message}`);
@@ -824,6 +826,7 @@ async function main(): Promise<number> {
   tmp = await Deno.makeTempDir({ prefix: "sluice-bench-" });
   const rows: Row[] = [];
   const pairings: Pairing[] = [];
+  const logPairings: Pairing[] = [];
   try {
     log(`starting ${BACKEND_PROCS} backend process(es) on 3 ports`);
     await startBackends();
@@ -831,22 +834,22 @@ async function main(): Promise<number> {
 
     const direct = () => ({ url: `${backendUrls()[0]}/` });
     rows.push(row("1", "direct to one backend (no proxy)", "direct", direct, false));
-    rows.push(row("2", "sluice round-robin", "sluice", () => startSluice("round-robin", false)));
+    rows.push(row("2", "sluice round-robin", "sluice", () => startSluice("round-robin")));
     rows.push(
       row(
         "3a",
         "sluice least-connections",
         "sluice",
-        () => startSluice("least-connections", false),
+        () => startSluice("least-connections"),
       ),
     );
-    rows.push(row("3b", "sluice latency", "sluice", () => startSluice("latency", false), false));
+    rows.push(row("3b", "sluice latency", "sluice", () => startSluice("latency"), false));
     rows.push(
       row(
         "4",
         "sluice round-robin + JSON access log",
         "sluice",
-        () => startSluice("round-robin", true),
+        () => startSluice("round-robin", "access.log"),
       ),
     );
     const nginxRow = (id: string, workers: string) =>
@@ -876,9 +879,23 @@ async function main(): Promise<number> {
         await measureRow(r, gen);
         if (r.id === "4" && r.runs.length > before) await checkAccessLog(r);
       }
-      if (nginx && PIN) {
-        const pairing = await measurePairing(nginx, gen);
-        if (pairing) pairings.push(pairing);
+      if (PIN) {
+        if (nginx) {
+          const vsNginx = await measurePairing(
+            ["sluice round-robin", "nginx (1 worker)"],
+            async () => [startSluice("round-robin"), await startNginx(nginx, "1")],
+            gen,
+          );
+          if (vsNginx) pairings.push(vsNginx);
+        }
+        const withLog = await measurePairing(
+          ["sluice round-robin", "sluice round-robin + JSON access log"],
+          () =>
+            Promise.resolve([startSluice("round-robin"), startSluice("round-robin", "paired.log")]),
+          gen,
+        );
+        await Deno.remove(`${tmp}/paired.log`).catch(() => {});
+        if (withLog) logPairings.push(withLog);
       }
     }
     for (const r of rows) {
@@ -898,6 +915,7 @@ async function main(): Promise<number> {
   let md = await report(
     rows,
     pairings,
+    logPairings,
     gen,
     host,
     nginx,
@@ -920,6 +938,7 @@ async function main(): Promise<number> {
 async function report(
   rows: Row[],
   pairings: Pairing[],
+  logPairings: Pairing[],
   gen: LoadGen,
   host: { cpu: string; nproc: number; load: string },
   nginx: string | undefined,
@@ -983,14 +1002,28 @@ async function report(
     );
   }
   lines.push("");
+  const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
   const logged = get("4");
+  const verdict = (cost: number) => `target < 15%: ${cost < 0.15 ? "**met**" : "**not met**"}`;
   if (base && logged) {
     const ratio = logged.rps / base.rps;
     const cost = 1 - ratio;
     lines.push(
-      `- Access log: row 4 keeps ${pct(ratio)} of row 2's throughput (cost ${
+      `- Access log, sequential rows: row 4 keeps ${pct(ratio)} of row 2's throughput (cost ${
         (cost * 100).toFixed(1)
-      }%; target < 15%: ${cost < 0.15 ? "**met**" : "**not met**"}).`,
+      }%${logPairings.length ? "" : `; ${verdict(cost)}`}).`,
+    );
+  }
+  if (logPairings.length) {
+    // Throughput per core is the inverse of CPU per request.
+    const costs = logPairings.map((p) => 1 - p.a.cpuUs! / p.b.cpuUs!);
+    const cost = median([...costs]);
+    lines.push(
+      `- Access log, same core at once (sluice round-robin with and without the JSON access log ` +
+        `pinned together to core 1; median of ${logPairings.length}): it costs ` +
+        `**${(cost * 100).toFixed(1)}%** of the throughput per core (each round: ${
+          costs.map((c) => `${(c * 100).toFixed(1)}%`).join(", ")
+        }; ${verdict(cost)}).`,
     );
   }
   if (nginx1) {
@@ -1014,13 +1047,12 @@ async function report(
     }
   }
   if (pairings.length) {
-    const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
-    const ratios = pairings.map((p) => p.nginx.cpuUs! / p.sluice.cpuUs!);
+    const ratios = pairings.map((p) => p.b.cpuUs! / p.a.cpuUs!);
     lines.push(
       `- Same core at once (sluice round-robin and nginx with 1 worker pinned together to core 1, ` +
         `each under its own ${gen.name}; median of ${pairings.length}): sluice ${
-          fmtCpu(median(pairings.map((p) => p.sluice.cpuUs!)))
-        } and nginx ${fmtCpu(median(pairings.map((p) => p.nginx.cpuUs!)))} CPU per request: ` +
+          fmtCpu(median(pairings.map((p) => p.a.cpuUs!)))
+        } and nginx ${fmtCpu(median(pairings.map((p) => p.b.cpuUs!)))} CPU per request: ` +
         `sluice does **${pct(median([...ratios]))}** of nginx's work per core (each round: ${
           ratios.map(pct).join(", ")
         }).`,

@@ -1,8 +1,7 @@
-/** One keep-alive TCP (or TLS) connection to a backend, with its read buffer. */
+/** One HTTP/1.1 connection (a client's, or ours to a backend) with its read buffer and deadline. */
 import { Deadline } from "./deadlines.ts";
 import { latin1Bytes, ParseError } from "./wire.ts";
 
-const INITIAL_BUFFER = 16 * 1024;
 /** Largest read of body bytes at a time. */
 export const READ_SIZE = 64 * 1024;
 /** Writes up to this size are joined into one buffer (see `writeJoined`). */
@@ -25,18 +24,24 @@ export class HeadTooLarge extends Error {
 
 /** A connection plus the bytes read from it but not consumed yet (buf[start, end)). */
 export class Connection {
-  buf = new Uint8Array(INITIAL_BUFFER);
+  buf: Uint8Array;
   start = 0;
   end = 0;
-  /** True while the connection sits unused in its pool. */
+  /** True while the connection sits unused in its pool (backend connections). */
   idle = false;
   idleSince = 0;
   closed = false;
   #pending: Promise<number | null> | undefined;
-  /** The response deadline of the request in progress; when it fires the connection is closed. */
+  /** The deadline of what the connection waits for now; the owner says what firing does. */
   readonly deadline: Deadline;
 
-  constructor(readonly raw: Deno.Conn, onTimeout: (conn: Connection) => void) {
+  /** `bufferSize`: the read buffer to start with; it grows up to {@linkcode MAX_HEAD} for a large head. */
+  constructor(
+    readonly raw: Deno.Conn,
+    onTimeout: (conn: Connection) => void,
+    bufferSize: number,
+  ) {
+    this.buf = new Uint8Array(bufferSize);
     this.deadline = new Deadline(() => onTimeout(this));
   }
 

@@ -179,7 +179,8 @@ class Session {
     const addr = raw.remoteAddr as Deno.NetAddr;
     this.ip = addr.hostname;
     this.port = addr.port;
-    this.conn = new Connection(raw, this.#expired);
+    // Small: most heads fit, and idle keep-alive connections are many (bodies bypass it).
+    this.conn = new Connection(raw, this.#expired, 4 * 1024);
   }
 
   #expired = (): void => {

@@ -55,7 +55,8 @@ export class ConnectionPool {
       );
     }
     this.open++;
-    return new Connection(raw, this.#discardConn);
+    // Room for a response head and a small body in one read, so the body can go out whole.
+    return new Connection(raw, this.#discardConn, 16 * 1024);
   }
 
   /** Returns a connection after a complete exchange so the next request can reuse it. */

@@ -387,6 +387,26 @@ Deno.test("the backend's reason phrase reaches the client", async () => {
   });
 });
 
+Deno.test("Date: a backend's is kept as sent; an undated response and the balancer's own get one", async () => {
+  const fixed = "Tue, 01 Jan 2030 00:00:00 GMT";
+  await withScripted(({ target }) => ({
+    reply: target === "/dated"
+      ? `HTTP/1.1 200 OK\r\nDATE: ${fixed}\r\nContent-Length: 0\r\n\r\n`
+      : "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+  }), async (port) => {
+    const get = (target: string, extra = "") =>
+      within(rawRequest(port, `GET ${target} HTTP/1.1\r\n${H}${extra}\r\n`), WAIT, target);
+    const dates = (head: string) => head.split("\r\n").filter((l) => /^date:/i.test(l));
+    assert.deepEqual(dates((await get("/dated")).head), [`DATE: ${fixed}`]);
+    for (const head of [(await get("/undated")).head, (await get("/", "Host: again\r\n")).head]) {
+      const [line] = dates(head);
+      assert.equal(dates(head).length, 1, head);
+      const date = Date.parse(line.slice(line.indexOf(":") + 1));
+      assert.ok(Math.abs(Date.now() - date) < 60_000, line);
+    }
+  });
+});
+
 Deno.test("request header names keep their case and order; repeated fields stay separate lines", async () => {
   await withScripted(() => ({ reply: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" }), async (
     port,

@@ -81,6 +81,7 @@ Deno.test("malformed request lines are 400; unknown versions 505; CONNECT 501", 
   refuses("CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n", 501, /CONNECT/);
   refuses("GET /caf\xe9 HTTP/1.1\r\nHost: h\r\n", 400, /invalid character in request target/);
   refuses("GET ftp://h/ HTTP/1.1\r\nHost: h\r\n", 400, /invalid request target/);
+  refuses("GET * HTTP/1.1\r\nHost: h\r\n", 400, /OPTIONS only/);
 });
 
 Deno.test("malformed header lines are 400", () => {

@@ -1,5 +1,19 @@
 /** HTTP/1.1 wire format (RFC 9112) shared by both sides: head scanning, strict response parsing, chunked decoding, byte strings. */
 
+let dateSecond = -1;
+let dateText = "";
+
+/** The current time as an HTTP date (IMF-fixdate), formatted once per second. */
+export function httpDate(): string {
+  const now = Date.now();
+  const second = Math.floor(now / 1000);
+  if (second !== dateSecond) {
+    dateSecond = second;
+    dateText = new Date(second * 1000).toUTCString();
+  }
+  return dateText;
+}
+
 /** Methods that may be sent again after a first attempt reached the backend (RFC 9110 §9.2.2). */
 export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
   "GET",

@@ -90,15 +90,15 @@ export function parseRequestHead(head: Uint8Array, ip: string, port: number): Cl
     throw new RequestError(400, (err as Error).message);
   }
   let eol = text.indexOf("\r\n");
-  const sp1 = text.indexOf(" ");
-  const sp2 = text.indexOf(" ", sp1 + 1);
-  const sp3 = text.indexOf(" ", sp2 + 1);
-  if (sp1 <= 0 || sp2 === -1 || sp2 > eol || (sp3 !== -1 && sp3 < eol)) {
-    throw new RequestError(
+  const malformed = () =>
+    new RequestError(
       400,
       `malformed request line ${JSON.stringify(text.slice(0, Math.min(eol, 80)))}`,
     );
-  }
+  const sp1 = text.indexOf(" ");
+  const sp2 = text.indexOf(" ", sp1 + 1);
+  const sp3 = text.indexOf(" ", sp2 + 1);
+  if (sp1 <= 0 || sp2 === -1 || sp2 > eol || (sp3 !== -1 && sp3 < eol)) throw malformed();
   const method = text.slice(0, sp1);
   let target = text.slice(sp1 + 1, sp2);
   const version = text.slice(sp2 + 1, eol);
@@ -107,17 +107,16 @@ export function parseRequestHead(head: Uint8Array, ip: string, port: number): Cl
   if (version === "HTTP/1.1") minor = 1;
   else if (version === "HTTP/1.0") minor = 0;
   else if (VERSION.test(version)) throw new RequestError(505, `unsupported version ${version}`);
-  else {throw new RequestError(
-      400,
-      `malformed request line ${JSON.stringify(text.slice(0, Math.min(eol, 80)))}`,
-    );}
+  else throw malformed();
   if (method === "CONNECT") throw new RequestError(501, "CONNECT is not supported");
   for (let i = 0; i < target.length; i++) {
     const c = target.charCodeAt(i);
     if (c <= 0x20 || c >= 0x7f) throw new RequestError(400, "invalid character in request target");
   }
   let authority: string | undefined;
-  if (target.charCodeAt(0) !== 47 /* / */ && target !== "*") {
+  if (target === "*") {
+    if (method !== "OPTIONS") throw new RequestError(400, "* is a target for OPTIONS only");
+  } else if (target.charCodeAt(0) !== 47 /* / */) {
     // Absolute form (RFC 9112 §3.2.2): the authority in the target replaces Host.
     const m = /^https?:\/\/([^/?#]+)([^#]*)$/i.exec(target);
     if (!m) throw new RequestError(400, "invalid request target");

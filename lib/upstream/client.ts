@@ -4,6 +4,7 @@ import { type ConnectionPool, describeError } from "./connection_pool.ts";
 import {
   ChunkedDecoder,
   findHeadEnd,
+  httpDate,
   IDEMPOTENT_METHODS,
   ParseError,
   parseResponseHead,
@@ -165,10 +166,14 @@ function buildReply(
 ): Reply {
   const headers = head.headers;
   const framing = head.framing;
+  let dated = false;
   for (let j = 0; j < headers.length; j++) {
     const name = headers[j][0];
     if (name.length === 12 && name.toLowerCase() === "x-request-id") headers.splice(j--, 1);
+    else if (name.length === 4 && name.toLowerCase() === "date") dated = true;
   }
+  // A proxy with a clock must date a response that arrives undated (RFC 9110 §6.6.1).
+  if (!dated) headers.push(["date", httpDate()]);
   headers.push(["x-request-id", request.requestId]);
   if (request.setCookie !== undefined) headers.push(["set-cookie", request.setCookie]);
   const reply: Reply = {

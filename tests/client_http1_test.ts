@@ -531,19 +531,22 @@ Deno.test("slowloris: 200 trickling connections do not delay other clients and a
 Deno.test("timeouts.client: a stalled request body gets 408 and the connection is closed", () =>
   timesOut408("client", (client) => client.send(post("Content-Length: 10\r\n", "12"))));
 
+const BLOCK = "x".repeat(65536);
+
+/** A backend whose `/big` is `blocks` × 64 KiB, written as the balancer takes it; anything else is "ok". */
+const bigBody = (blocks: number) => ({ target }: ScriptedRequest): Script =>
+  target === "/big"
+    ? {
+      reply: `HTTP/1.1 200 OK\r\nContent-Length: ${blocks * BLOCK.length}\r\n\r\n`,
+      more: async (write) => {
+        for (let i = 0; i < blocks; i++) await write(BLOCK);
+      },
+    }
+    : { reply: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" };
+
 Deno.test("timeouts.client: a client that stops reading a response is cut off", async () => {
-  const block = "x".repeat(65536);
   const blocks = 1024; // 64 MiB: more than the socket buffers between us can hold
-  const script = ({ target }: ScriptedRequest): Script =>
-    target === "/big"
-      ? {
-        reply: `HTTP/1.1 200 OK\r\nContent-Length: ${blocks * block.length}\r\n\r\n`,
-        more: async (write) => {
-          for (let i = 0; i < blocks; i++) await write(block);
-        },
-      }
-      : { reply: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" };
-  await withScripted(script, async (port) => {
+  await withScripted(bigBody(blocks), async (port) => {
     using client = await RawClient.connect(port);
     await client.send(`GET /big HTTP/1.1\r\n${H}\r\n`);
     // Read nothing for a while: the balancer's writes stall, and after 1s it gives up.
@@ -561,25 +564,14 @@ Deno.test("timeouts.client: a client that stops reading a response is cut off", 
       WAIT,
       "the stalled connection to be closed",
     );
-    assert.ok(got < blocks * block.length, `the whole body arrived (${got} bytes)`);
+    assert.ok(got < blocks * BLOCK.length, `the whole body arrived (${got} bytes)`);
     const res = await within(rawRequest(port, `GET / HTTP/1.1\r\n${H}\r\n`), WAIT, "next");
     assert.equal(res.status, 200);
   }, { timeouts: { client: "1s" } });
 });
 
 Deno.test("a client that hangs up mid-response does not disturb the balancer", async () => {
-  const block = "x".repeat(65536);
-  const blocks = 256; // 16 MiB, far more than socket buffers hold
-  const script = ({ target }: ScriptedRequest): Script =>
-    target === "/big"
-      ? {
-        reply: `HTTP/1.1 200 OK\r\nContent-Length: ${blocks * block.length}\r\n\r\n`,
-        more: async (write) => {
-          for (let i = 0; i < blocks; i++) await write(block);
-        },
-      }
-      : { reply: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" };
-  await withScripted(script, async (port) => {
+  await withScripted(bigBody(256), async (port) => { // 16 MiB, far more than socket buffers hold
     for (let round = 1; round <= 3; round++) {
       {
         using client = await RawClient.connect(port);

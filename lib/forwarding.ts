@@ -66,7 +66,10 @@ export function forwardHead(
       const key = line.slice(0, line.indexOf(":")).toLowerCase();
       return i === 0 || key === "content-length" || !tokens.has(key);
     }).join("\r\n");
-    if (tokens.has("host")) hasHost = false, host = undefined;
+    if (tokens.has("host")) {
+      hasHost = false;
+      host = undefined;
+    }
     if (tokens.has("x-request-id")) requestId = undefined;
   }
   // An absolute-form target without a Host line still names the host the client wants.

@@ -551,19 +551,7 @@ Deno.test("timeouts.client: a client that stops reading a response is cut off", 
     await client.send(`GET /big HTTP/1.1\r\n${H}\r\n`);
     // Read nothing for a while: the balancer's writes stall, and after 1s it gives up.
     await new Promise((r) => setTimeout(r, 3_000));
-    let got = 0;
-    const buf = new Uint8Array(65536);
-    await within(
-      (async () => {
-        for (;;) {
-          const n = await client.conn.read(buf).catch(() => null);
-          if (n === null) return;
-          got += n;
-        }
-      })(),
-      WAIT,
-      "the stalled connection to be closed",
-    );
+    const got = (await untilClosed(client, "the stalled connection to be closed")).length;
     assert.ok(got < blocks * BLOCK.length, `the whole body arrived (${got} bytes)`);
     const res = await within(rawRequest(port, `GET / HTTP/1.1\r\n${H}\r\n`), WAIT, "next");
     assert.equal(res.status, 200);

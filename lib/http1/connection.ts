@@ -1,15 +1,16 @@
 /** One HTTP/1.1 connection (a client's, or ours to a backend) with its read buffer and deadline. */
 import { Deadline } from "./deadlines.ts";
-import { latin1Bytes, ParseError } from "./wire.ts";
+import { type BodyFraming, ChunkedDecoder, latin1Bytes, ParseError } from "./wire.ts";
 
 /** Largest read of body bytes at a time. */
-export const READ_SIZE = 64 * 1024;
+const READ_SIZE = 64 * 1024;
 /** Writes up to this size are joined into one buffer (see `writeJoined`). */
 const JOINED_SIZE = 32 * 1024;
 const MAX_SPARE = 64;
 const spareJoined: Uint8Array[] = [];
 const utf8 = new TextEncoder();
 const CRLF = new Uint8Array([13, 10]);
+const NO_BYTES = new Uint8Array(0);
 const LAST_CHUNK = new Uint8Array([48, 13, 10, 13, 10]);
 /** Largest response head accepted from a backend. */
 export const MAX_HEAD = 64 * 1024;
@@ -110,7 +111,7 @@ export class Connection {
    * Writes `text` (a head or a chunk-size line, one byte per character), then `bytes` and
    * `tail`: in one write from a pooled buffer when they fit, as a client sees one packet.
    */
-  async writeJoined(text: string, bytes: Uint8Array, tail?: Uint8Array): Promise<void> {
+  async writeJoined(text: string, bytes: Uint8Array = NO_BYTES, tail?: Uint8Array): Promise<void> {
     const size = text.length + bytes.length + (tail?.length ?? 0);
     if (size <= JOINED_SIZE) {
       // Pooled: allocating a buffer per response costs more than filling one.
@@ -128,7 +129,7 @@ export class Connection {
       }
     }
     await this.write(latin1Bytes(text));
-    await this.write(bytes);
+    if (bytes.length) await this.write(bytes);
     if (tail) await this.write(tail);
   }
 
@@ -178,5 +179,67 @@ export class Connection {
     } catch {
       // already closed by the peer
     }
+  }
+}
+
+/** Thrown when a connection ends before the body it carries does; `where` says how far it got. */
+export class BodyCutShort extends Error {
+  constructor(readonly where: string) {
+    super(`connection closed ${where}`);
+    this.name = "BodyCutShort";
+  }
+}
+
+/** One message body on a connection, read piece by piece as its framing says (both sides use it). */
+export class FramedBody {
+  /** The whole body has been read. */
+  done = false;
+  #remaining: number;
+  readonly #chunked: ChunkedDecoder | undefined;
+
+  /** `length` counts for `length` framing only; `none` is an empty body. */
+  constructor(readonly conn: Connection, readonly framing: BodyFraming, length: number) {
+    this.#remaining = length;
+    this.#chunked = framing === "chunked" ? new ChunkedDecoder() : undefined;
+    this.done = framing === "none" || (framing === "length" && length <= 0);
+  }
+
+  /**
+   * The next piece, or null once the body is complete. After a piece, `done` may already be
+   * true (a length reached). Throws {@linkcode BodyCutShort}, or `ParseError` on bad chunking.
+   */
+  async next(): Promise<Uint8Array | null> {
+    if (this.done) return null;
+    const conn = this.conn;
+    const chunked = this.#chunked;
+    if (chunked) {
+      for (;;) {
+        if (chunked.remaining > 0) {
+          const piece = await conn.take(chunked.remaining);
+          if (!piece) throw new BodyCutShort("inside a chunk");
+          chunked.remaining -= piece.length;
+          return piece;
+        }
+        conn.start = chunked.advance(conn.buf, conn.start, conn.end);
+        if (chunked.done) {
+          this.done = true;
+          return null;
+        }
+        if (chunked.remaining === 0 && (await conn.fill()) === null) {
+          throw new BodyCutShort("before the last chunk");
+        }
+      }
+    }
+    if (this.framing === "length") {
+      const piece = await conn.take(this.#remaining);
+      if (!piece) throw new BodyCutShort(`with ${this.#remaining} bytes left`);
+      this.#remaining -= piece.length;
+      if (this.#remaining === 0) this.done = true;
+      return piece;
+    }
+    // Delimited by close: everything until EOF is the body.
+    const piece = await conn.take(READ_SIZE);
+    if (!piece) this.done = true;
+    return piece;
   }
 }

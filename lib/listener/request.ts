@@ -76,6 +76,13 @@ class ParsedRequest implements ClientRequest {
 
 const VERSION = /^HTTP\/\d\.\d$/;
 
+function malformedLine(text: string, eol: number): RequestError {
+  return new RequestError(
+    400,
+    `malformed request line ${JSON.stringify(text.slice(0, Math.min(eol, 80)))}`,
+  );
+}
+
 /**
  * Parses a request head (`head` ends with its last header line's CRLF) strictly: CRLF line
  * endings only, no obs-fold, no control characters, token names with no space before the
@@ -90,15 +97,12 @@ export function parseRequestHead(head: Uint8Array, ip: string, port: number): Cl
     throw new RequestError(400, (err as Error).message);
   }
   let eol = text.indexOf("\r\n");
-  const malformed = () =>
-    new RequestError(
-      400,
-      `malformed request line ${JSON.stringify(text.slice(0, Math.min(eol, 80)))}`,
-    );
   const sp1 = text.indexOf(" ");
   const sp2 = text.indexOf(" ", sp1 + 1);
   const sp3 = text.indexOf(" ", sp2 + 1);
-  if (sp1 <= 0 || sp2 === -1 || sp2 > eol || (sp3 !== -1 && sp3 < eol)) throw malformed();
+  if (sp1 <= 0 || sp2 === -1 || sp2 > eol || (sp3 !== -1 && sp3 < eol)) {
+    throw malformedLine(text, eol);
+  }
   const method = text.slice(0, sp1);
   let target = text.slice(sp1 + 1, sp2);
   const version = text.slice(sp2 + 1, eol);
@@ -107,7 +111,7 @@ export function parseRequestHead(head: Uint8Array, ip: string, port: number): Cl
   if (version === "HTTP/1.1") minor = 1;
   else if (version === "HTTP/1.0") minor = 0;
   else if (VERSION.test(version)) throw new RequestError(505, `unsupported version ${version}`);
-  else throw malformed();
+  else throw malformedLine(text, eol);
   if (method === "CONNECT") throw new RequestError(501, "CONNECT is not supported");
   for (let i = 0; i < target.length; i++) {
     const c = target.charCodeAt(i);

@@ -3,8 +3,8 @@
  * order), strict request parsing, slow-client timeouts and graceful drain. Headers pass
  * through as sent (case, order, repeats) and the backend's reason phrase reaches the client.
  */
-import { Connection, HeadTooLarge } from "../http1/connection.ts";
-import { ChunkedDecoder, findHeadEnd, httpDate, latin1Bytes, ParseError } from "../http1/wire.ts";
+import { BodyCutShort, Connection, FramedBody, HeadTooLarge } from "../http1/connection.ts";
+import { findHeadEnd, httpDate, latin1Bytes, ParseError } from "../http1/wire.ts";
 import { type ClientRequest, parseRequestHead, RequestError } from "./request.ts";
 
 /** A response for the server to send. */
@@ -285,7 +285,7 @@ class Session {
 
   /** Handles one request and writes its response; true if the connection can carry another. */
   async #exchange(request: ClientRequest): Promise<boolean> {
-    const body = request.chunked || request.length > 0 ? new BodyReader(this, request) : undefined;
+    const body = request.chunked || request.length > 0 ? new ClientBody(this, request) : undefined;
     if (body) request.body = body.stream;
     this.responded = false;
     let reply: Reply;
@@ -323,11 +323,11 @@ class Session {
       this.wait("send", this.context.server.timeouts.client);
       if (payload === null || noBody) {
         if (payload instanceof ReadableStream) payload.cancel().catch(() => {});
-        await conn.write(latin1Bytes(head));
+        await conn.writeJoined(head);
       } else if (payload instanceof Uint8Array) {
         await conn.writeJoined(head, payload);
       } else {
-        await conn.write(latin1Bytes(head));
+        await conn.writeJoined(head);
         this.disarm();
         if (!(await this.#relay(payload, chunked))) return false;
       }
@@ -395,15 +395,17 @@ class Session {
 }
 
 /** The request body as a stream pulled from the client connection. */
-class BodyReader {
+class ClientBody {
   readonly stream: ReadableStream<Uint8Array>;
-  /** The whole body has been read. */
-  done = false;
+  readonly #body: FramedBody;
 
   constructor(session: Session, request: ClientRequest) {
     const conn = session.conn;
-    let remaining = request.length;
-    const chunked = request.chunked ? new ChunkedDecoder() : undefined;
+    const body = this.#body = new FramedBody(
+      conn,
+      request.chunked ? "chunked" : "length",
+      request.length,
+    );
     let continued = !request.expectContinue;
     this.stream = new ReadableStream<Uint8Array>({
       pull: async (controller) => {
@@ -413,34 +415,17 @@ class BodyReader {
             continued = true;
             if (!session.responded && conn.start === conn.end) await conn.write(CONTINUE);
           }
-          if (!chunked) {
-            const chunk = await conn.take(remaining);
-            if (chunk === null) {
-              throw new Error(`client closed the connection with ${remaining} body bytes left`);
-            }
-            remaining -= chunk.length;
-            controller.enqueue(chunk);
-            if (remaining === 0) this.#end(controller);
-            return;
-          }
-          for (;;) {
-            if (chunked.remaining > 0) {
-              const chunk = await conn.take(chunked.remaining);
-              if (chunk === null) throw new Error("client closed the connection inside a chunk");
-              chunked.remaining -= chunk.length;
-              controller.enqueue(chunk);
-              return;
-            }
-            conn.start = chunked.advance(conn.buf, conn.start, conn.end);
-            if (chunked.done) return this.#end(controller);
-            if (chunked.remaining === 0 && (await conn.fill()) === null) {
-              throw new Error("client closed the connection before the last chunk");
-            }
-          }
+          const piece = await body.next();
+          if (piece !== null) controller.enqueue(piece);
+          if (body.done) controller.close();
         } catch (err) {
           // A broken upload poisons the connection: nothing after it can be trusted.
           if (!conn.deadline.expired) conn.close(); // (else a 408 is on its way, then the close)
-          controller.error(err);
+          controller.error(
+            err instanceof BodyCutShort
+              ? new Error(`client closed the connection ${err.where}`)
+              : err,
+          );
         } finally {
           if (session.waiting === "body") session.disarm();
         }
@@ -451,9 +436,9 @@ class BodyReader {
     }, { highWaterMark: 0 });
   }
 
-  #end(controller: ReadableStreamDefaultController<Uint8Array>): void {
-    this.done = true;
-    controller.close();
+  /** The whole body has been read. */
+  get done(): boolean {
+    return this.#body.done;
   }
 }
 

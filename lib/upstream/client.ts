@@ -1,8 +1,7 @@
 /** The HTTP/1.1 client: sends one request over a pooled connection and streams the response back. */
-import { type Connection, HeadTooLarge, READ_SIZE } from "../http1/connection.ts";
+import { BodyCutShort, type Connection, FramedBody, HeadTooLarge } from "../http1/connection.ts";
 import { type ConnectionPool, describeError } from "./connection_pool.ts";
 import {
-  ChunkedDecoder,
   findHeadEnd,
   httpDate,
   IDEMPOTENT_METHODS,
@@ -36,7 +35,6 @@ export const CLIENT_CLOSED = "client closed the connection";
 /** Called once when the response body has been fully relayed (error undefined) or has failed. */
 export type Finish = (bytes: number, error?: string) => void;
 
-const NO_BYTES = new Uint8Array(0);
 const NULL_BODY_STATUS = new Set([101, 204, 205, 304]);
 
 /**
@@ -61,7 +59,7 @@ export async function exchange(
     try {
       timer.arm(request.responseTimeout);
       // A head cut off part-way is no request the backend can act on: "sent" once it is all out.
-      await conn.writeJoined(request.head, NO_BYTES);
+      await conn.writeJoined(request.head);
       sent = true;
       if (request.body) {
         // While the body is being sent, the deadline counts from the latest body write.
@@ -217,9 +215,8 @@ function bodyStream(
   done: (bytes: number) => void,
   finish: Finish,
 ): ReadableStream<Uint8Array> {
-  let remaining = head.length;
+  const body = new FramedBody(conn, head.framing, head.length);
   let bytes = 0;
-  const chunked = head.framing === "chunked" ? new ChunkedDecoder() : undefined;
   let settled = false;
   const fail = (controller: ReadableStreamDefaultController<Uint8Array>, cause: string) => {
     pool.discard(conn);
@@ -229,59 +226,30 @@ function bodyStream(
     }
     controller.error(new Error(`upstream body: ${cause}`));
   };
+  const end = (controller: ReadableStreamDefaultController<Uint8Array>) => {
+    settled = true;
+    done(bytes);
+    controller.close();
+  };
 
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
-        if (head.framing === "length") {
-          const chunk = await conn.take(remaining);
-          if (!chunk) {
-            return fail(controller, `backend closed the connection with ${remaining} bytes left`);
-          }
-          remaining -= chunk.length;
-          bytes += chunk.length;
-          controller.enqueue(chunk);
-          if (remaining === 0) {
-            settled = true;
-            done(bytes);
-            controller.close();
-          }
-          return;
-        }
-        if (chunked) {
-          for (;;) {
-            if (chunked.remaining > 0) {
-              const chunk = await conn.take(chunked.remaining);
-              if (!chunk) return fail(controller, "backend closed the connection inside a chunk");
-              chunked.remaining -= chunk.length;
-              bytes += chunk.length;
-              controller.enqueue(chunk);
-              return;
-            }
-            conn.start = chunked.advance(conn.buf, conn.start, conn.end);
-            if (chunked.done) {
-              settled = true;
-              done(bytes);
-              controller.close();
-              return;
-            }
-            if (chunked.remaining === 0 && (await conn.fill()) === null) {
-              return fail(controller, "backend closed the connection before the last chunk");
-            }
-          }
-        }
-        // Delimited by close: everything until EOF is the body.
-        const chunk = await conn.take(READ_SIZE);
-        if (!chunk) {
-          settled = true;
-          done(bytes);
-          controller.close();
-          return;
-        }
-        bytes += chunk.length;
-        controller.enqueue(chunk);
+        const piece = await body.next();
+        if (piece === null) return end(controller);
+        bytes += piece.length;
+        controller.enqueue(piece);
+        // A length reached ends the body now, so the connection goes back to the pool at once.
+        if (body.done) end(controller);
       } catch (err) {
-        fail(controller, err instanceof ParseError ? err.message : describeError(err));
+        fail(
+          controller,
+          err instanceof BodyCutShort
+            ? `backend closed the connection ${err.where}`
+            : err instanceof ParseError
+            ? err.message
+            : describeError(err),
+        );
       }
     },
     cancel() {

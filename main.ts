@@ -12,6 +12,7 @@ import { type Balancer, startBalancer } from "./lib/balancer.ts";
 import {
   type Config,
   ConfigError,
+  configWarnings,
   formatConfig,
   loadConfig,
   type Overrides,
@@ -30,7 +31,8 @@ Usage: sluice [options]
       --port PORT            listen port (default 8080)
       --backend URL          backend URL; repeat for more (replaces the file's list)
       --strategy NAME        round-robin, weighted-round-robin, least-connections, random,
-                             power-of-two, latency, consistent-hash
+                             power-of-two, latency, consistent-hash, maglev
+      --workers N            threads serving traffic: a number or auto (default 1)
       --health-path PATH     health check path (default /)
       --health-interval DUR  time between health checks (default 10s)
       --health-timeout DUR   health check timeout (default 2s, or the interval if shorter)
@@ -54,6 +56,7 @@ function parse(args: string[]) {
       port: { type: "string" },
       backend: { type: "string", multiple: true },
       strategy: { type: "string" },
+      workers: { type: "string" },
       "health-path": { type: "string" },
       "health-interval": { type: "string" },
       "health-timeout": { type: "string" },
@@ -94,6 +97,7 @@ export async function main(args: string[]): Promise<number> {
     healthTimeout: flags["health-timeout"],
     logLevel: flags["log-level"],
     logFormat: flags["log-format"],
+    workers: flags.workers,
   };
   const path = flags.config;
   let config: Config;
@@ -105,6 +109,7 @@ export async function main(args: string[]): Promise<number> {
     for (const problem of err.problems) console.error(problem);
     return 1;
   }
+  for (const warning of configWarnings(config)) console.error(`sluice: warning: ${warning}`);
   if (flags.check) {
     console.log(formatConfig(config));
     return 0;
@@ -118,7 +123,7 @@ export async function main(args: string[]): Promise<number> {
   Deno.addSignalListener("SIGHUP", hangup);
   let balancer: Balancer;
   try {
-    balancer = startBalancer(config, log);
+    balancer = await startBalancer(config, log);
   } catch (err) {
     Deno.removeSignalListener("SIGHUP", hangup);
     log.error(`cannot start: ${(err as Error).message}`);
@@ -141,7 +146,8 @@ export async function main(args: string[]): Promise<number> {
     }
     try {
       const next = await loadConfig(path, overrides);
-      balancer.reload(next);
+      await balancer.reload(next);
+      for (const warning of configWarnings(next)) log.warn(warning);
       balancer.stats.reloads.inc(["success"]);
       log.info(`configuration reloaded (${why})`, { version: balancer.version });
     } catch (err) {

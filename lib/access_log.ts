@@ -56,7 +56,8 @@ const json = JSON.stringify;
 export function jsonLine(r: RequestRecord): string {
   // Assembled by hand: several times cheaper than stringifying an object, the same text.
   return `{"time":"${isoTime(r.time)}","client":${json(r.ip)},"method":${json(r.method)},` +
-    `"target":${json(r.target)},"status":${r.status},"bytes":${r.bytes},` +
+    `"target":${json(r.target)},"protocol":"${r.protocol}","status":${r.status},` +
+    `"bytes":${r.bytes},"pool":${json(r.pool)},"route":${json(r.route)},` +
     `"duration_ms":${Math.round(r.durationMs * 1000) / 1000},` +
     `"upstream_ms":${Math.round(r.upstreamMs * 1000) / 1000},` +
     `"backend":${r.backend ? json(r.backend.id) : "null"},"retries":${r.retries},` +
@@ -70,13 +71,15 @@ export function jsonLine(r: RequestRecord): string {
  */
 export function combinedLine(r: RequestRecord): string {
   const req = r.request;
-  return `${r.ip} - - [${clfTime(r.time)}] "${r.method} ${r.target} HTTP/1.1" ${r.status} ${
+  return `${r.ip} - - [${clfTime(r.time)}] "${r.method} ${r.target} ${r.protocol}" ${r.status} ${
     r.bytes || "-"
   } ${quoted(req.header("referer"))} ${quoted(req.header("user-agent"))} rt=${
     (r.durationMs / 1000).toFixed(3)
   } urt=${(r.upstreamMs / 1000).toFixed(3)} backend=${
     word(r.backend?.id ?? "-")
-  } retries=${r.retries} id=${word(r.requestId)}`;
+  } retries=${r.retries} id=${word(r.requestId)} pool=${word(r.pool || "-")} route=${
+    word(r.route || "-")
+  }`;
 }
 
 /** Writes access log lines without blocking the request path. */

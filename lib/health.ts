@@ -1,18 +1,12 @@
 /** Active health checking: one async probe loop per backend, flipping state after consecutive results. */
-import { statusMatcher } from "./config.ts";
+import { type HealthConfig, statusMatcher } from "./config.ts";
 import type { Logger } from "./log.ts";
 import type { OutlierDetector } from "./outlier.ts";
-import type { Backend, Pool } from "./pool.ts";
+import type { Backend, Pool, ProbeResult } from "./pool.ts";
+import { probe } from "./upstream/probe.ts";
 
 /** Settings of `health:`. */
-export interface HealthOptions {
-  path: string;
-  interval: number;
-  timeout: number;
-  healthyThreshold: number;
-  unhealthyThreshold: number;
-  expectStatus: string;
-}
+export type HealthOptions = HealthConfig;
 
 /** Probes every backend of a pool on its own loop; loops follow backends as they are added and removed. */
 export class HealthChecker {
@@ -22,6 +16,10 @@ export class HealthChecker {
   #expect: (status: number) => boolean;
   /** Called after every probe (dashboard, metrics). */
   onProbe: ((backend: Backend) => void) | undefined;
+  /** Resolves once every backend present at the first `sync` has been probed once. */
+  readonly firstRound: Promise<void>;
+  #firstRoundDone: () => void = () => {};
+  #firstRoundLeft: Set<Backend> | undefined;
 
   constructor(
     readonly pool: Pool,
@@ -30,6 +28,7 @@ export class HealthChecker {
     readonly outlier: OutlierDetector,
   ) {
     this.#expect = statusMatcher(options.expectStatus);
+    this.firstRound = new Promise((resolve) => this.#firstRoundDone = resolve);
   }
 
   /** Applies new settings; loops pick them up at their next probe. */
@@ -45,11 +44,16 @@ export class HealthChecker {
   /** Starts loops for backends without one and stops loops of backends no longer in the pool. */
   sync(): void {
     const current = new Set(this.pool.backends);
+    if (!this.#firstRoundLeft) {
+      this.#firstRoundLeft = new Set(current);
+      if (current.size === 0) this.#firstRoundDone();
+    }
     for (const [backend, controller] of this.#loops) {
       if (!current.has(backend)) {
         controller.abort();
         this.#loops.delete(backend);
         this.#streaks.delete(backend);
+        this.#probed(backend);
       }
     }
     for (const backend of current) {
@@ -70,9 +74,14 @@ export class HealthChecker {
   /** Probes once now and applies the result (also used by tests and the admin API). */
   async check(backend: Backend): Promise<void> {
     const result = await this.#probe(backend);
-    backend.lastProbe = result;
-    this.#apply(backend, result.ok, result.error ?? `status ${result.status}`);
+    this.#apply(backend, result);
+    this.#probed(backend);
     this.onProbe?.(backend);
+  }
+
+  #probed(backend: Backend): void {
+    const left = this.#firstRoundLeft;
+    if (left?.delete(backend) && left.size === 0) this.#firstRoundDone();
   }
 
   async #loop(backend: Backend, signal: AbortSignal): Promise<void> {
@@ -88,40 +97,28 @@ export class HealthChecker {
     }
   }
 
-  async #probe(backend: Backend): Promise<{
-    ok: boolean;
-    status?: number;
-    error?: string;
-    time: number;
-    durationMs: number;
-  }> {
+  async #probe(backend: Backend): Promise<ProbeResult> {
     const { path, timeout } = this.options;
     const started = performance.now();
-    const signal = AbortSignal.timeout(timeout);
-    try {
-      const res = await fetch(new URL(path, backend.url), {
-        signal,
-        redirect: "manual",
-        headers: { "user-agent": "sluice-health-check" },
-      });
-      await res.body?.cancel();
-      const ok = this.#expect(res.status);
-      return {
-        ok,
-        status: res.status,
-        error: ok ? undefined : `health check returned status ${res.status}`,
-        time: Date.now(),
-        durationMs: performance.now() - started,
-      };
-    } catch (err) {
-      const error = signal.aborted ? `health check timed out after ${timeout}ms` : probeError(err);
-      return { ok: false, error, time: Date.now(), durationMs: performance.now() - started };
+    const outcome = await probe(backend.connections, path, backend.authority, timeout);
+    const durationMs = performance.now() - started;
+    if (outcome.status === undefined) {
+      return { ok: false, error: outcome.error, time: Date.now(), durationMs };
     }
+    const ok = this.#expect(outcome.status);
+    return {
+      ok,
+      status: outcome.status,
+      error: ok ? undefined : `health check returned status ${outcome.status}`,
+      time: Date.now(),
+      durationMs,
+    };
   }
 
-  #apply(backend: Backend, ok: boolean, cause: string): void {
+  #apply(backend: Backend, result: ProbeResult): void {
     const streak = this.#streaks.get(backend);
     if (!streak) return;
+    const ok = result.ok;
     const first = !streak.probed;
     streak.probed = true;
     if (ok) {
@@ -132,40 +129,18 @@ export class HealthChecker {
       streak.ok = 0;
     }
     const { healthyThreshold, unhealthyThreshold } = this.options;
-    if (first && ok && backend.healthy && backend.reason === "starting") {
-      backend.reason = "health check passed";
-    }
     // The first probe decides at once; later ones need a streak, so one blip changes nothing.
-    if (!backend.healthy && ok && (first || streak.ok >= healthyThreshold)) {
-      backend.healthy = true;
-      this.pool.update(backend, "health check passed");
-      this.log.info(`backend ${backend.url} is back up`);
-    } else if (backend.healthy && !ok && (first || streak.fail >= unhealthyThreshold)) {
-      backend.healthy = false;
-      this.pool.update(backend, cause);
-      this.log.warn(`backend ${backend.url} is down: ${cause}`);
-    }
-    if (ok && backend.ejectedUntil > 0 && streak.ok >= 1) {
-      this.outlier.reinstate(backend, "health check passed");
-    }
+    const wasHealthy = backend.healthy;
+    let healthy = wasHealthy;
+    if (!wasHealthy && ok && (first || streak.ok >= healthyThreshold)) healthy = true;
+    else if (wasHealthy && !ok && (first || streak.fail >= unhealthyThreshold)) healthy = false;
+    const cause = ok ? "health check passed" : result.error ?? `status ${result.status}`;
+    this.pool.setHealth(backend, healthy, cause, result);
+    const fields = { pool: this.pool.name };
+    if (healthy && !wasHealthy) this.log.info(`backend ${backend.url} is back up`, fields);
+    if (!healthy && wasHealthy) this.log.warn(`backend ${backend.url} is down: ${cause}`, fields);
+    if (ok && backend.ejectedUntil > 0) this.outlier.reinstate(backend, "health check passed");
   }
-}
-
-/** A short cause for a failed probe: "connection refused", "connection reset", … */
-function probeError(err: unknown): string {
-  // fetch() fails with "fetch failed"; what went wrong is in the cause chain.
-  let text = "";
-  for (let e: unknown = err, depth = 0; e !== undefined && depth < 5; depth++) {
-    text += (text ? ": " : "") + String((e as Error)?.message ?? e);
-    e = (e as Error)?.cause;
-  }
-  if (/connection refused/i.test(text)) return "connection refused";
-  if (/connection reset/i.test(text)) return "connection reset";
-  if (/dns error|failed to lookup/i.test(text)) return "cannot resolve host";
-  if (/connection closed|incomplete message|unexpected eof/i.test(text)) {
-    return "connection closed";
-  }
-  return text.split("\n")[0].replace(/^fetch failed: /, "");
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

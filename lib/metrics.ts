@@ -50,6 +50,21 @@ export class Counter implements Metric {
     return this.#values.get(labels.join("\u0000"))?.value ?? 0;
   }
 
+  /** Every label set and its value, to be merged elsewhere. */
+  dump(): [string[], number][] {
+    return [...this.#values.values()].map(({ labels, value }) => [[...labels], value]);
+  }
+
+  /** Adds dumped values to this counter's. */
+  merge(rows: readonly (readonly [readonly string[], number])[]): void {
+    for (const [labels, value] of rows) this.cell(labels).value += value;
+  }
+
+  /** Forgets every value. */
+  clear(): void {
+    this.#values.clear();
+  }
+
   render(out: string[]): void {
     out.push(`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`);
     for (const { labels, value } of this.#values.values()) {
@@ -133,6 +148,26 @@ export class Histogram implements Metric {
       this.#series.set(key, series);
     }
     return series;
+  }
+
+  /** Every series as [labels, bucket counts, sum], to be merged elsewhere. */
+  dump(): [string[], number[], number][] {
+    return [...this.#series.values()].map((s) => [[...s.labels], [...s.counts], s.sum]);
+  }
+
+  /** Adds dumped series to this histogram's. */
+  merge(rows: readonly (readonly [readonly string[], readonly number[], number])[]): void {
+    for (const [labels, counts, sum] of rows) {
+      this.series(labels);
+      const s = this.#series.get(labels.join("\u0000"))!;
+      for (let i = 0; i < s.counts.length; i++) s.counts[i] += counts[i] ?? 0;
+      s.sum += sum;
+    }
+  }
+
+  /** Forgets every series. */
+  clear(): void {
+    this.#series.clear();
   }
 
   render(out: string[]): void {

@@ -1,4 +1,8 @@
-/** Passive health checking: eject a backend after consecutive failures seen on real traffic. */
+/**
+ * Passive health checking: failures in a row, counted on real traffic by whichever worker saw
+ * them, eject a backend for a while. Counting is in shared memory (`PassiveHealth`, data
+ * plane); the decision to eject is made in one place (`OutlierDetector`, control plane).
+ */
 import type { Logger } from "./log.ts";
 import type { Backend, Pool } from "./pool.ts";
 
@@ -14,7 +18,29 @@ export interface OutlierOptions {
   maxEjectionPercent: number;
 }
 
-/** Counts failures per backend and ejects, within the limit on how much of the pool may be out. */
+/** Counts each request's outcome per backend; reports a streak long enough to eject. */
+export class PassiveHealth {
+  constructor(
+    public threshold: number,
+    /** Told when a backend that is up reaches `threshold` failures in a row. */
+    readonly onStreak: (backend: Backend, cause: string) => void,
+  ) {}
+
+  /** A request to `backend` succeeded. */
+  success(backend: Backend): void {
+    backend.resetFailures();
+  }
+
+  /** A request to `backend` failed (connect error, reset, timeout or 5xx). */
+  failure(backend: Backend, cause: string): void {
+    if (this.threshold === 0) return;
+    if (backend.addFailure() >= this.threshold && backend.state === "up") {
+      this.onStreak(backend, cause);
+    }
+  }
+}
+
+/** Ejects backends reported by {@linkcode PassiveHealth}, within the share of the pool that may be out. */
 export class OutlierDetector {
   /** Called on each ejection (metrics). */
   onEject: ((backend: Backend) => void) | undefined;
@@ -23,34 +49,28 @@ export class OutlierDetector {
 
   constructor(readonly pool: Pool, public options: OutlierOptions, readonly log: Logger) {}
 
-  /** A request to `backend` succeeded. */
-  success(backend: Backend): void {
-    backend.consecutiveFailures = 0;
-  }
-
-  /** A request to `backend` failed (connect error, reset, timeout or 5xx). */
-  failure(backend: Backend, cause: string): void {
-    const { consecutiveFailures } = this.options;
-    if (consecutiveFailures === 0) return;
-    if (++backend.consecutiveFailures < consecutiveFailures || backend.state !== "up") return;
+  /** Ejects `backend` after a streak of failures, unless too much of the pool is out already. */
+  eject(backend: Backend, cause: string): void {
+    if (backend.state !== "up" || this.options.consecutiveFailures === 0) return;
     const backends = this.pool.backends;
     const ejected = backends.filter((b) => b.state === "ejected").length;
     if (((ejected + 1) * 100) / backends.length > this.options.maxEjectionPercent) {
       this.log.debug(`not ejecting ${backend.url}: maxEjectionPercent reached`);
       return;
     }
-    backend.ejections++;
-    backend.consecutiveFailures = 0;
     const duration = Math.min(
-      this.options.baseEjection * backend.ejections,
+      this.options.baseEjection * (backend.ejections + 1),
       Math.max(this.options.maxEjection, this.options.baseEjection),
     );
-    backend.ejectedUntil = Date.now() + duration;
-    this.pool.update(
+    const threshold = this.options.consecutiveFailures;
+    this.pool.eject(
       backend,
-      `ejected for ${duration}ms after ${consecutiveFailures} consecutive failures: ${cause}`,
+      Date.now() + duration,
+      `ejected for ${duration}ms after ${threshold} consecutive failures: ${cause}`,
     );
-    this.log.warn(`backend ${backend.url} is ejected for ${duration}ms: ${cause}`);
+    this.log.warn(`backend ${backend.url} is ejected for ${duration}ms: ${cause}`, {
+      pool: this.pool.name,
+    });
     this.onEject?.(backend);
     // One timer per backend: an earlier ejection's timer must not end this one early.
     this.#clearTimer(backend);
@@ -66,11 +86,12 @@ export class OutlierDetector {
   reinstate(backend: Backend, reason: string): void {
     this.#clearTimer(backend);
     if (backend.ejectedUntil === 0) return;
-    backend.ejectedUntil = 0;
     const wasEjected = backend.state === "ejected";
-    this.pool.update(backend, reason);
-    if (wasEjected && backend.state === "up") {
-      this.log.info(`backend ${backend.url} is back in rotation: ${reason}`);
+    this.pool.reinstate(backend, reason);
+    if (wasEjected && (backend.state as string) === "up") {
+      this.log.info(`backend ${backend.url} is back in rotation: ${reason}`, {
+        pool: this.pool.name,
+      });
     }
   }
 

@@ -1,6 +1,21 @@
-/** The backend pool: each backend's identity, state and live counters, owned in one place. */
-import { type BackendConfig, backendId } from "./config.ts";
+/**
+ * Backends and the pool that owns their state. A `Backend`'s identity never changes; its
+ * state (health, ejection, the operator's choice, weight) changes only through its `Pool`,
+ * which recomputes the derived state and tells listeners. Counters that every worker must
+ * share (in flight, consecutive failures, latency) live in shared memory.
+ */
+import type { BackendConfig, BackendTls } from "./config.ts";
 import { hash32 } from "./hash.ts";
+import { backendId } from "./net.ts";
+import {
+  B_EWMA,
+  B_FAILURES,
+  B_INFLIGHT,
+  B_STAMP,
+  backendFloatBase,
+  backendIntBase,
+  type SharedCounters,
+} from "./shared.ts";
 import { ConnectionPool } from "./upstream/connection_pool.ts";
 
 /** How fast remembered latency fades (ms): a slow backend that recovers is tried again within seconds. */
@@ -8,6 +23,9 @@ export const EWMA_DECAY = 5_000;
 
 /** What a backend is doing now. Only `up` backends receive new requests. */
 export type BackendState = "up" | "down" | "ejected" | "draining" | "disabled";
+
+/** The operator's choice for a backend. */
+export type AdminState = "enabled" | "draining" | "disabled";
 
 /** The outcome of the latest active health probe. */
 export interface ProbeResult {
@@ -22,7 +40,7 @@ export interface ProbeResult {
   durationMs: number;
 }
 
-/** Options shared by every backend of a pool. */
+/** Options shared by every backend of a pool; a reload changes them in place. */
 export interface BackendOptions {
   /** Default concurrent-request limit (Infinity for none). */
   maxConnections: number;
@@ -30,10 +48,36 @@ export interface BackendOptions {
   idleTimeout: number;
   /** Connect timeout (ms). */
   connectTimeout: number;
+  /** TLS settings for https backends without their own. */
+  tls?: BackendTls;
 }
 
-/** One upstream server and everything the balancer knows about it. */
-export class Backend {
+/** A backend's state fields, which only its pool writes. */
+export interface BackendStatus {
+  weight: number;
+  maxConnections: number;
+  /** Verdict of the active health check. */
+  healthy: boolean;
+  /** Set by passive outlier detection; the ejection ends at this time (ms since epoch). */
+  ejectedUntil: number;
+  /** How many times the backend has been ejected (ejection time grows with it). */
+  ejections: number;
+  admin: AdminState;
+  state: BackendState;
+  /** Why the backend is in its state. */
+  reason: string;
+  /** When the state last changed (ms since epoch). */
+  since: number;
+  /** When the backend last became available, for slow start (ms since epoch). */
+  upSince: number;
+  /** True when the backend may receive new requests (state `up`). */
+  available: boolean;
+  /** Latest active probe. */
+  lastProbe: ProbeResult | undefined;
+}
+
+/** One upstream server: fixed identity, pool-owned state, shared counters. */
+export class Backend implements Readonly<BackendStatus> {
   readonly id: string;
   readonly url: string;
   readonly hostname: string;
@@ -43,48 +87,45 @@ export class Backend {
   readonly authority: string;
   /** The sticky-session cookie value naming this backend: its name, or an opaque hash (never its address). */
   readonly cookie: string;
-  weight: number;
-  maxConnections: number;
-  /** Keep-alive connections to this backend. */
-  readonly connections: ConnectionPool;
+  /** The entry it was built from. */
+  readonly config: BackendConfig;
+  /** Where it came from: undefined for a configured url, `dns: NAME` for a discovered one. */
+  readonly source: string | undefined;
+  /** Its slot in the shared counters. */
+  readonly slot: number;
 
-  /** Verdict of the active health check. */
-  healthy = true;
-  /** Set by passive outlier detection; the ejection ends at this time (ms since epoch). */
-  ejectedUntil = 0;
-  /** How many times the backend has been ejected (ejection time grows with it). */
-  ejections = 0;
-  /** Operator's choice, through the admin API. */
-  admin: "enabled" | "draining" | "disabled" = "enabled";
-  /** Derived state, kept current by {@linkcode Backend.refresh}. */
-  state: BackendState = "up";
-  /** Why the backend is in its state. */
-  reason = "starting";
-  /** When the state last changed (ms since epoch). */
-  since = Date.now();
-  /** When the backend last became available, for slow start (ms since epoch). */
-  upSince = 0;
-  /** True when the backend may receive new requests (state `up`). */
-  available = true;
+  readonly weight: number;
+  readonly maxConnections: number;
+  readonly healthy: boolean = true;
+  readonly ejectedUntil: number = 0;
+  readonly ejections: number = 0;
+  readonly admin: AdminState = "enabled";
+  readonly state: BackendState = "up";
+  readonly reason: string = "starting";
+  readonly since: number = Date.now();
+  readonly upSince: number = 0;
+  readonly available: boolean = true;
+  readonly lastProbe: ProbeResult | undefined;
 
-  /** Requests being proxied to this backend now. */
-  inflight = 0;
-  /** Completed responses by status class: index 1..5 for 1xx..5xx, 0 for failures without a response. */
-  readonly responses = [0, 0, 0, 0, 0, 0];
-  /** Peak-EWMA latency in ms (0 until the first response). */
-  ewma = 0;
-  ewmaStamp = 0;
-  /** Consecutive failures seen by passive health checking. */
-  consecutiveFailures = 0;
-  /** Latest active probe. */
-  lastProbe: ProbeResult | undefined;
-  /** Resolves when in-flight requests reach zero after a drain. */
-  onIdle: (() => void) | undefined;
+  readonly #ints: Int32Array;
+  readonly #floats: Float64Array;
+  readonly #i: number;
+  readonly #f: number;
+  readonly #options: BackendOptions;
+  #connections: ConnectionPool | undefined;
 
-  constructor(config: BackendConfig, options: BackendOptions) {
+  constructor(
+    config: BackendConfig & { url: string },
+    slot: number,
+    counters: SharedCounters,
+    options: BackendOptions,
+    source?: string,
+  ) {
     const url = new URL(config.url);
     this.id = backendId(config);
     this.url = config.url;
+    this.config = config;
+    this.source = source;
     this.tls = url.protocol === "https:";
     this.hostname = url.hostname.replace(/^\[|\]$/g, "");
     this.port = Number(url.port) || (this.tls ? 443 : 80);
@@ -92,59 +133,110 @@ export class Backend {
     this.cookie = config.name ?? hash32(config.url).toString(16).padStart(8, "0");
     this.weight = config.weight;
     this.maxConnections = config.maxConnections ?? options.maxConnections;
-    this.connections = new ConnectionPool(this.hostname, this.port, this.tls, options);
+    this.slot = slot;
+    this.#ints = counters.backendInts;
+    this.#floats = counters.backendFloats;
+    this.#i = backendIntBase(slot);
+    this.#f = backendFloatBase(slot);
+    this.#options = options;
   }
 
-  /** Recomputes `state` from health, ejection and the operator's choice; returns true if it changed. */
-  refresh(reason: string, now = Date.now()): boolean {
-    const state: BackendState = this.admin === "disabled"
-      ? "disabled"
-      : this.admin === "draining"
-      ? "draining"
-      : !this.healthy
-      ? "down"
-      : this.ejectedUntil > now
-      ? "ejected"
-      : "up";
-    if (state === this.state) return false;
-    const wasAvailable = this.available;
-    this.state = state;
-    this.reason = reason;
-    this.since = now;
-    this.available = state === "up";
-    if (this.available && !wasAvailable) this.upSince = now;
-    if (state === "disabled" || state === "down") this.connections.closeIdle();
-    return true;
+  /** Keep-alive connections to this backend, opened by this thread. */
+  get connections(): ConnectionPool {
+    return this.#connections ??= new ConnectionPool(
+      this.hostname,
+      this.port,
+      this.tls,
+      this.#options,
+    );
   }
 
-  /** Whether another request would exceed `maxConnections`. */
+  /** Whether this thread has opened any connection to the backend. */
+  get hasConnections(): boolean {
+    return this.#connections !== undefined;
+  }
+
+  /** Requests being proxied to this backend now, by every worker. */
+  get inflight(): number {
+    return Atomics.load(this.#ints, this.#i + B_INFLIGHT);
+  }
+
+  /** Takes a request slot unless `maxConnections` are in use; pair with {@linkcode release}. */
+  tryAcquire(): boolean {
+    const before = Atomics.add(this.#ints, this.#i + B_INFLIGHT, 1);
+    if (before < this.maxConnections) return true;
+    Atomics.sub(this.#ints, this.#i + B_INFLIGHT, 1);
+    return false;
+  }
+
+  /** Whether another request would exceed `maxConnections` now. */
   get full(): boolean {
     return this.inflight >= this.maxConnections;
   }
 
-  /** Counts a request in. */
-  acquire(): void {
-    this.inflight++;
+  /** Gives a request slot back; wakes whoever waits for the backend to go idle. */
+  release(): void {
+    if (Atomics.sub(this.#ints, this.#i + B_INFLIGHT, 1) === 1 && !this.available) {
+      Atomics.notify(this.#ints, this.#i + B_INFLIGHT);
+    }
   }
 
-  /** Counts a request out, settling a pending drain. */
-  release(): void {
-    if (--this.inflight === 0 && this.onIdle) {
-      const done = this.onIdle;
-      this.onIdle = undefined;
-      done();
+  /** Resolves once no request is in flight (any worker's). */
+  async idle(): Promise<void> {
+    for (;;) {
+      const n = Atomics.load(this.#ints, this.#i + B_INFLIGHT);
+      if (n <= 0) return;
+      const { async, value } = Atomics.waitAsync(this.#ints, this.#i + B_INFLIGHT, n, 1_000);
+      if (async) await value;
     }
+  }
+
+  /** Counts a failure in a row (shared by every worker); returns the streak. */
+  addFailure(): number {
+    return Atomics.add(this.#ints, this.#i + B_FAILURES, 1) + 1;
+  }
+
+  /** Ends a streak of failures. */
+  resetFailures(): void {
+    // Read first: most requests succeed, and a store would dirty a shared cache line each time.
+    if (Atomics.load(this.#ints, this.#i + B_FAILURES) !== 0) {
+      Atomics.store(this.#ints, this.#i + B_FAILURES, 0);
+    }
+  }
+
+  /** Consecutive failures seen by passive health checking. */
+  get consecutiveFailures(): number {
+    return Atomics.load(this.#ints, this.#i + B_FAILURES);
+  }
+
+  /** Peak-EWMA latency in ms (0 until the first response). */
+  get ewma(): number {
+    return this.#floats[this.#f + B_EWMA];
+  }
+
+  /** When `ewma` was last updated (ms since epoch). */
+  get ewmaStamp(): number {
+    return this.#floats[this.#f + B_STAMP];
   }
 
   /** Records a response's latency (ms) into the peak-EWMA estimate. */
   observeLatency(ms: number, now = Date.now()): void {
-    if (this.ewma === 0 || ms > this.ewma) {
-      this.ewma = ms; // peak-sensitive: a slow response is believed at once
+    // Plain stores: a lost update between workers costs one sample, not correctness.
+    const f = this.#floats;
+    const ewma = f[this.#f + B_EWMA];
+    if (ewma === 0 || ms > ewma) {
+      f[this.#f + B_EWMA] = ms; // peak-sensitive: a slow response is believed at once
     } else {
-      const weight = Math.exp(-(now - this.ewmaStamp) / EWMA_DECAY);
-      this.ewma = this.ewma * weight + ms * (1 - weight);
+      const weight = Math.exp(-(now - f[this.#f + B_STAMP]) / EWMA_DECAY);
+      f[this.#f + B_EWMA] = ewma * weight + ms * (1 - weight);
     }
-    this.ewmaStamp = now;
+    f[this.#f + B_STAMP] = now;
+  }
+
+  /** Sets the latency estimate outright (tests of the latency strategy). */
+  setLatency(ms: number, stamp: number): void {
+    this.#floats[this.#f + B_EWMA] = ms;
+    this.#floats[this.#f + B_STAMP] = stamp;
   }
 
   /** A compact description for logs. */
@@ -153,57 +245,143 @@ export class Backend {
   }
 }
 
+/** A backend's state fields as its pool may write them. */
+type Writable = { -readonly [K in keyof BackendStatus]: BackendStatus[K] };
+const writable = (b: Backend) => b as unknown as Writable;
+
+/** Derives a backend's state from health, ejection and the operator's choice. */
+function derive(b: Backend, now: number): BackendState {
+  return b.admin === "disabled"
+    ? "disabled"
+    : b.admin === "draining"
+    ? "draining"
+    : !b.healthy
+    ? "down"
+    : b.ejectedUntil > now
+    ? "ejected"
+    : "up";
+}
+
+/** A state change, as listeners hear of it. */
+export type PoolListener = (backend: Backend, previous: BackendState) => void;
+
 /**
- * The set of backends. `backends` is replaced, never mutated, so a request that
- * took a snapshot keeps a consistent view while the set changes.
+ * A named set of backends and the only writer of their state. `backends` is replaced,
+ * never mutated, so a request that took a snapshot keeps a consistent view while it changes.
  */
 export class Pool {
   backends: readonly Backend[] = [];
-  /** Bumped on every change to the set or a backend's state. */
+  /** Bumped on every change to the set, a backend's state or a weight. */
   version = 0;
   /** Milliseconds over which a recovered backend ramps up to full weight (0: off). */
   slowStart = 0;
-  readonly #listeners = new Set<(backend: Backend, previous: BackendState) => void>();
+  readonly #listeners = new Set<PoolListener>();
 
-  constructor(readonly options: BackendOptions) {}
+  constructor(
+    readonly name: string,
+    readonly options: BackendOptions,
+    readonly counters: SharedCounters,
+    /** This pool's slot in the shared counters. */
+    readonly slot: number,
+  ) {}
 
   /** Looks a backend up by id. */
   get(id: string): Backend | undefined {
     return this.backends.find((b) => b.id === id);
   }
 
-  /** Adds a backend built from its config entry; throws if the id is taken. */
-  add(config: BackendConfig): Backend {
-    const backend = new Backend(config, this.options);
-    if (this.get(backend.id)) throw new Error(`backend ${backend.id} already exists`);
-    backend.upSince = Date.now();
+  /**
+   * Adds a backend built from its config entry (a `url` entry); throws if its id or URL is
+   * taken. `started` backends (present at start) need no slow start; others ramp up.
+   */
+  add(config: BackendConfig, options: { source?: string; started?: boolean } = {}): Backend {
+    const url = config.url!;
+    const id = backendId({ url, name: config.name });
+    if (this.get(id)) throw new Error(`backend ${id} already exists in pool ${this.name}`);
+    const origin = new URL(url).origin;
+    const twin = this.backends.find((b) => new URL(b.url).origin === origin);
+    if (twin) throw new Error(`backend ${twin.id} already has the URL ${origin}`);
+    const backend = new Backend(
+      { ...config, url },
+      this.counters.allocateBackend(),
+      this.counters,
+      this.options,
+      options.source,
+    );
+    writable(backend).upSince = options.started ? 0 : Date.now();
     this.backends = [...this.backends, backend];
     this.version++;
     return backend;
   }
 
-  /** Removes a backend from rotation at once; its in-flight requests finish on their own. */
+  /**
+   * Removes a backend from rotation at once; its in-flight requests finish on their own, and
+   * its counter slot is freed once they have.
+   */
   remove(id: string): Backend | undefined {
     const backend = this.get(id);
     if (!backend) return undefined;
     this.backends = this.backends.filter((b) => b !== backend);
-    backend.connections.closeIdle();
-    backend.connections.retire();
+    this.#retire(backend);
     this.version++;
     return backend;
   }
 
-  /** Sets a backend's fields and recomputes its state, notifying listeners of a change. */
-  update(backend: Backend, reason: string, now = Date.now()): void {
-    const previous = backend.state;
-    if (backend.refresh(reason, now)) {
-      this.version++;
-      for (const listener of this.#listeners) listener(backend, previous);
+  /** Records an active probe's result and its verdict. */
+  setHealth(backend: Backend, healthy: boolean, reason: string, probe?: ProbeResult): void {
+    const w = writable(backend);
+    if (probe) w.lastProbe = probe;
+    if (backend.healthy === healthy) {
+      // First verdict of a backend that started up: say why it is up.
+      if (healthy && backend.reason === "starting") w.reason = reason;
+      return;
     }
+    w.healthy = healthy;
+    this.#refresh(backend, reason);
+  }
+
+  /** Ejects a backend until `until` (ms since epoch). */
+  eject(backend: Backend, until: number, reason: string): void {
+    const w = writable(backend);
+    w.ejections++;
+    w.ejectedUntil = until;
+    backend.resetFailures();
+    this.#refresh(backend, reason);
+  }
+
+  /** Ends an ejection. */
+  reinstate(backend: Backend, reason: string): void {
+    if (backend.ejectedUntil === 0) return;
+    writable(backend).ejectedUntil = 0;
+    this.#refresh(backend, reason);
+  }
+
+  /** The operator's choice: enabled, draining (no new requests) or disabled. */
+  setAdmin(backend: Backend, admin: AdminState, reason: string): void {
+    writable(backend).admin = admin;
+    this.#refresh(backend, reason);
+  }
+
+  /** Changes a backend's weight. */
+  setWeight(backend: Backend, weight: number): void {
+    if (backend.weight === weight) return;
+    writable(backend).weight = weight;
+    this.version++;
+  }
+
+  /** Changes a backend's concurrent-request limit. */
+  setMaxConnections(backend: Backend, max: number): void {
+    writable(backend).maxConnections = max;
+  }
+
+  /** Restarts a backend's slow start as if it had just come up (tests, admin). */
+  setUpSince(backend: Backend, at: number): void {
+    writable(backend).upSince = at;
+    this.version++;
   }
 
   /** Subscribes to state changes; returns the unsubscribe function. */
-  onChange(listener: (backend: Backend, previous: BackendState) => void): () => void {
+  onChange(listener: PoolListener): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
   }
@@ -216,11 +394,39 @@ export class Pool {
     return backend.weight * Math.max(0.05, elapsed / this.slowStart);
   }
 
-  /** Closes every idle upstream connection (shutdown). */
+  /** Closes every idle upstream connection and stops pooling (shutdown). */
   close(): void {
-    for (const b of this.backends) {
-      b.connections.closeIdle();
-      b.connections.retire();
+    for (const b of this.backends) if (b.hasConnections) b.connections.retire();
+  }
+
+  /** Re-derives a backend's state (an ejection may have run out); true if it changed. */
+  refresh(backend: Backend, reason: string, now = Date.now()): boolean {
+    return this.#refresh(backend, reason, now);
+  }
+
+  #refresh(backend: Backend, reason: string, now = Date.now()): boolean {
+    const previous = backend.state;
+    const state = derive(backend, now);
+    if (state === previous) return false;
+    const w = writable(backend);
+    w.state = state;
+    w.reason = reason;
+    w.since = now;
+    const wasAvailable = backend.available;
+    w.available = state === "up";
+    if (backend.available && !wasAvailable) w.upSince = now;
+    if ((state === "disabled" || state === "down") && backend.hasConnections) {
+      backend.connections.closeIdle();
     }
+    this.version++;
+    for (const listener of this.#listeners) listener(backend, previous);
+    return true;
+  }
+
+  #retire(backend: Backend): void {
+    writable(backend).available = false;
+    if (backend.hasConnections) backend.connections.retire();
+    // The slot is reused only once no request can still count on it.
+    backend.idle().then(() => this.counters.free("backend", backend.slot));
   }
 }

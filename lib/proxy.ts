@@ -1,9 +1,11 @@
-/** The request path: choose candidates, forward over the upstream client, retry, and account for the result. */
-import { forwardHead } from "./forwarding.ts";
-import type { ClientRequest } from "./listener/request.ts";
-import { type Reply, textReply } from "./listener/server.ts";
+/**
+ * Forwarding one request through one pool: take candidates best-first, hold a permit per
+ * attempt, send over the upstream client, retry what the failure allows and the budget
+ * permits, and account for the outcome.
+ */
 import type { Logger } from "./log.ts";
-import type { OutlierDetector } from "./outlier.ts";
+import { type ClientRequest, type Reply, textReply } from "./message.ts";
+import type { PassiveHealth } from "./outlier.ts";
 import type { Backend, Pool } from "./pool.ts";
 import type { SlotQueue } from "./queue.ts";
 import type { RetryBudget } from "./retry_budget.ts";
@@ -12,25 +14,37 @@ import { stickyCookie, type StickyOptions } from "./select/sticky.ts";
 import { CLIENT_CLOSED, exchange } from "./upstream/client.ts";
 import { IDEMPOTENT_METHODS } from "./http1/wire.ts";
 import { UpstreamError } from "./upstream/errors.ts";
-import { RequestBody } from "./upstream/request_body.ts";
+import type { RequestBody } from "./upstream/request_body.ts";
 
-const CRLF = "\r\n";
-
-/** Settings the proxy reads per request; a reload swaps the whole object. */
-export interface ProxySettings {
+/** A pool's settings the proxy reads per request; a reload swaps the whole object. */
+export interface PoolSettings {
   selector: Selector;
   retries: number;
   retryOn: ReadonlySet<number>;
-  retryBuffer: number;
   responseTimeout: number;
   sticky: StickyOptions | undefined;
 }
 
-/** Everything known about one client request once it is over; strategies select on it too. */
-export interface RequestRecord extends SelectContext {
+/** A pool as the request path uses it: its backends, settings, and shared budget and queue. */
+export interface PoolRuntime {
+  readonly pool: Pool;
+  settings: PoolSettings;
+  readonly budget: RetryBudget;
+  readonly queue: SlotQueue;
+  readonly passive: PassiveHealth;
+}
+
+/** Everything known about one client request once it is over. */
+export interface RequestRecord {
   /** Start time, ms since epoch. */
   time: number;
+  /** The client's address. */
+  ip: string;
   method: string;
+  /** The target as the client sent it. */
+  target: string;
+  /** `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`. */
+  protocol: string;
   /** Status sent to the client. */
   status: number;
   /** Body bytes sent to the client. */
@@ -39,6 +53,10 @@ export interface RequestRecord extends SelectContext {
   durationMs: number;
   /** Until the chosen backend's response head, ms (0 without a backend). */
   upstreamMs: number;
+  /** The pool that handled it ("" when none did). */
+  pool: string;
+  /** The route's label ("" without routes or when none matched). */
+  route: string;
   backend: Backend | undefined;
   /** True when `backend` answered with a response head (false for the balancer's own 502/503/504). */
   answered: boolean;
@@ -46,222 +64,252 @@ export interface RequestRecord extends SelectContext {
   requestId: string;
   /** Set when the response failed or was cut short. */
   error: string | undefined;
+  /** The request, for log formats that show its headers. */
+  request: ClientRequest;
 }
 
-/** Listeners told about each finished request and each upstream failure. */
+/** Listeners told about each finished request, each upstream failure and each retry. */
 export interface ProxyObserver {
   request(record: RequestRecord): void;
   upstreamError(backend: Backend, error: UpstreamError): void;
   retry(backend: Backend): void;
+  /** The retry budget refused a retry in `pool`. */
+  retryRefused?(pool: string): void;
 }
 
-/** Parts the proxy works with. */
-export interface ProxyParts {
-  pool: Pool;
-  outlier: OutlierDetector;
-  budget: RetryBudget;
-  queue: SlotQueue;
+/** What forwarding one request needs. */
+export interface Outbound {
+  /** The upstream head up to its final CRLF, without `host` when `hasHost` is false. */
+  readonly head: string;
+  readonly hasHost: boolean;
+  readonly chunked: boolean;
+  readonly body: RequestBody | null;
+  readonly select: SelectContext;
+  readonly record: RequestRecord;
+  /** performance.now() when the request arrived. */
+  readonly started: number;
+}
+
+/** Parts the forwarder works with. */
+export interface ForwarderParts {
   log: Logger;
-  observers: readonly ProxyObserver[];
+  /** Called once per request, when it is over. */
+  complete(record: RequestRecord, started: number): void;
+  observers(): readonly ProxyObserver[];
 }
 
-/** One attempt at a backend; the one whose response goes to the client settles the request. */
-interface Attempt {
-  backend: Backend;
+/**
+ * One attempt at a backend and the request slot it holds. The slot is released exactly once:
+ * when the response body is through, when the attempt fails, or when it is abandoned.
+ */
+class Attempt {
   reply: Reply | undefined;
-  upstreamMs: number;
+  upstreamMs = 0;
   /** Handed to the client. */
-  returned: boolean;
+  returned = false;
   /** Response body through, or failed. */
-  finished: boolean;
-  bytes: number;
+  finished = false;
+  bytes = 0;
   error: string | undefined;
+  #released = false;
+
+  constructor(
+    readonly backend: Backend,
+    readonly queue: SlotQueue,
+    readonly out: Outbound,
+    readonly settle: (attempt: Attempt) => void,
+  ) {}
+
+  /** Gives the backend slot back (once) and wakes a queued request. */
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    this.backend.release();
+    this.queue.notify();
+  }
+
+  /** The upstream client's `finish`: the response body is through or failed. */
+  finish = (bytes: number, error?: string): void => {
+    this.release();
+    this.finished = true;
+    this.bytes = bytes;
+    this.error = error;
+    if (this.returned) this.settle(this);
+  };
+
+  /** Drops a held response for a retry: its body is not wanted. */
+  abandon(): void {
+    const body = this.reply?.body;
+    if (body instanceof ReadableStream) body.cancel().catch(() => {});
+    this.release();
+  }
 }
 
-/** Answers client requests for the listener. */
-export class Proxy {
-  constructor(public settings: ProxySettings, readonly parts: ProxyParts) {}
+/** Sends requests to pools. */
+export class Forwarder {
+  constructor(readonly parts: ForwarderParts) {}
 
-  /** Answers one request. */
-  handle = async (req: ClientRequest): Promise<Reply> => {
-    const time = Date.now();
-    const started = performance.now();
-    const settings = this.settings;
-    const { budget, queue, outlier, log } = this.parts;
-    const ip = req.ip;
-    const forward = forwardHead(req, ip, "http", undefined);
-    const requestId = forward.requestId ?? crypto.randomUUID();
-    if (forward.requestId === undefined) forward.text += "x-request-id: " + requestId + CRLF;
-    const head = forward.hasHost ? forward.text + CRLF : undefined;
-    const body = req.body ? new RequestBody(req.body, settings.retryBuffer) : null;
-    const method = req.method;
-    const record: RequestRecord = {
-      time,
-      ip,
-      method,
-      target: req.target,
-      status: 0,
-      bytes: 0,
-      durationMs: 0,
-      upstreamMs: 0,
-      backend: undefined,
-      answered: false,
-      retries: 0,
-      requestId,
-      error: undefined,
-      request: req,
-    };
-    budget.request(time);
+  /** Forwards `out` through `rt`'s backends; resolves with the reply for the client. */
+  async forward(rt: PoolRuntime, out: Outbound): Promise<Reply> {
+    const { budget } = rt;
+    budget.begin();
+    try {
+      return await this.#attempts(rt, out);
+    } finally {
+      budget.end();
+    }
+  }
 
+  async #attempts(rt: PoolRuntime, out: Outbound): Promise<Reply> {
+    const { settings, budget, queue, passive } = rt;
+    const { log } = this.parts;
+    const { record, body } = out;
+    const method = record.method;
     let attempts = 0;
     let lastError: UpstreamError | undefined;
     let held: Attempt | undefined; // a retryable 5xx kept in case no retry is possible
     let sawFull = false;
-    let clientFailed = false; // the client's body broke off: nobody upstream is to blame
     let queueDeadline = 0; // one queueTimeout in all, however often a freed slot is taken first
-    let candidates = settings.selector.candidates(record)[Symbol.iterator]();
+    let candidates = settings.selector.candidates(out.select)[Symbol.iterator]();
     for (;;) {
       const next = candidates.next();
       if (next.done) {
-        if (attempts === 0 && sawFull) queueDeadline ||= performance.now() + queue.timeout;
-        if (
-          attempts === 0 && sawFull && (await queue.wait(queueDeadline - performance.now()))
-        ) {
-          sawFull = false;
-          candidates = settings.selector.candidates(record)[Symbol.iterator]();
-          continue;
+        if (attempts === 0 && sawFull) {
+          queueDeadline ||= performance.now() + queue.timeout;
+          if (await queue.wait(queueDeadline - performance.now())) {
+            sawFull = false;
+            candidates = settings.selector.candidates(out.select)[Symbol.iterator]();
+            continue;
+          }
         }
         break;
       }
       const backend = next.value;
-      if (backend.full) {
+      const retry = attempts > 0;
+      if (retry) {
+        if (attempts > settings.retries) break;
+        if (!budget.tryRetry()) {
+          log.debug("retry refused by the retry budget", {
+            pool: rt.pool.name,
+            requestId: record.requestId,
+          });
+          for (const o of this.parts.observers()) o.retryRefused?.(rt.pool.name);
+          break;
+        }
+      }
+      if (!backend.tryAcquire()) {
+        if (retry) budget.endRetry();
         sawFull = true;
         continue;
       }
-      if (attempts > 0) {
-        if (attempts > settings.retries || !budget.tryRetry()) break;
+      if (retry) {
         record.retries++;
-        for (const o of this.parts.observers) o.retry(backend);
-        cancelBody(held?.reply);
+        for (const o of this.parts.observers()) o.retry(backend);
+        held?.abandon();
         held = undefined;
       }
       attempts++;
-      backend.acquire();
-      const attemptStart = attempts === 1 ? started : performance.now();
-      const state: Attempt = {
-        backend,
-        reply: undefined,
-        upstreamMs: 0,
-        returned: false,
-        finished: false,
-        bytes: 0,
-        error: undefined,
-      };
-      // Settles the request once the response body is through (or failed).
-      const finish = (bytes: number, error?: string) => {
-        backend.release();
-        queue.notify();
-        state.finished = true;
-        state.bytes = bytes;
-        state.error = error;
-        if (state.returned) this.#settle(record, state, started);
-      };
+      const attempt = new Attempt(backend, queue, out, this.#settle);
+      const attemptStart = attempts === 1 ? out.started : performance.now();
       try {
         const reply = await exchange(backend.connections, {
           method,
-          head: head ?? `${forward.text}host: ${backend.authority}${CRLF}${CRLF}`,
+          head: out.hasHost ? out.head + "\r\n" : `${out.head}host: ${backend.authority}\r\n\r\n`,
           body,
-          chunked: forward.chunked,
+          chunked: out.chunked,
           responseTimeout: settings.responseTimeout,
-          requestId,
-          setCookie:
-            settings.sticky && !hasStickyCookie(req, settings.sticky.cookie, backend.cookie)
-              ? stickyCookie(settings.sticky, backend.cookie)
-              : undefined,
-        }, finish);
+          requestId: record.requestId,
+          setCookie: settings.sticky && out.select.pinned !== backend.cookie
+            ? stickyCookie(settings.sticky, backend.cookie)
+            : undefined,
+        }, attempt.finish);
         const upstreamMs = performance.now() - attemptStart;
-        backend.observeLatency(upstreamMs, time + (attemptStart - started) + upstreamMs);
+        backend.observeLatency(upstreamMs, record.time + (attemptStart - out.started) + upstreamMs);
         const status = reply.status;
-        if (status >= 500) outlier.failure(backend, `status ${status}`);
-        else outlier.success(backend);
-        state.reply = reply;
-        state.upstreamMs = upstreamMs;
-        held = state;
+        if (status >= 500) passive.failure(backend, `status ${status}`);
+        else passive.success(backend);
+        attempt.reply = reply;
+        attempt.upstreamMs = upstreamMs;
+        held = attempt;
         lastError = undefined;
         if (
           !settings.retryOn.has(status) || !IDEMPOTENT_METHODS.has(method) ||
           (body !== null && !body.rewind())
         ) break;
       } catch (err) {
-        backend.release();
-        queue.notify();
+        attempt.release();
         if (!(err instanceof UpstreamError)) throw err;
-        if (body?.failed) {
-          clientFailed = true;
-          record.backend = backend;
-          record.error = "client request body failed";
-          break;
-        }
         lastError = err;
         record.backend = backend;
-        for (const o of this.parts.observers) o.upstreamError(backend, err);
-        if (err.kind !== "protocol") outlier.failure(backend, err.message);
-        log.warn(`upstream ${backend.url} failed: ${err.message}`, { kind: err.kind, requestId });
-        const retryable = !err.sent ||
-          (IDEMPOTENT_METHODS.has(method) && err.kind !== "protocol" &&
-            (body === null || body.rewind()));
-        if (!retryable) break;
+        if (err.kind !== "client") {
+          for (const o of this.parts.observers()) o.upstreamError(backend, err);
+          if (err.blamesBackend) passive.failure(backend, err.message);
+          log.warn(`upstream ${backend.url} failed: ${err.message}`, {
+            kind: err.kind,
+            pool: rt.pool.name,
+            requestId: record.requestId,
+          });
+        }
+        if (!err.retryable) break;
+      } finally {
+        if (retry) budget.endRetry();
       }
     }
-    if (held) {
-      const reply = held.reply!;
-      record.status = reply.status;
-      record.backend = held.backend;
-      record.answered = true;
-      record.upstreamMs = held.upstreamMs;
-      held.returned = true;
-      if (held.finished) this.#settle(record, held, started);
-      return reply;
-    }
+    if (held) return this.#answer(record, held);
     body?.cancel();
-    const timeout = lastError?.kind === "timeout";
-    const [status, text] = clientFailed
-      ? [400, "Bad Request"]
-      : lastError
-      ? timeout ? [504, "Gateway Timeout"] : [502, "Bad Gateway"]
+    const [status, text] = lastError
+      ? [lastError.status, lastError.kind === "client" ? "Bad Request" : ""]
       : [503, "Service not available"];
-    const headers: [string, string][] = [["x-request-id", requestId]];
+    if (lastError?.kind === "client") record.error = "client request body failed";
+    const headers: [string, string][] = [["x-request-id", record.requestId]];
     if (!lastError && sawFull) headers.push(["retry-after", "1"]);
+    return this.#ownReply(record, out.started, status, text || REASON_TEXT[status], headers);
+  }
+
+  /** Hands the held attempt's response to the client; the record settles when its body is through. */
+  #answer(record: RequestRecord, held: Attempt): Reply {
+    const reply = held.reply!;
+    record.status = reply.status;
+    record.backend = held.backend;
+    record.answered = true;
+    record.upstreamMs = held.upstreamMs;
+    held.returned = true;
+    if (held.finished) this.#settle(held);
+    return reply;
+  }
+
+  #ownReply(
+    record: RequestRecord,
+    started: number,
+    status: number,
+    text: string,
+    headers: [string, string][],
+  ): Reply {
     const reply = textReply(status, text, headers);
     record.status = status;
     record.bytes = text.length;
-    this.#complete(record, started);
+    this.parts.complete(record, started);
     return reply;
-  };
+  }
 
-  #settle(record: RequestRecord, state: Attempt, started: number): void {
-    record.bytes = state.bytes;
-    record.error = state.error;
-    if (state.error) {
-      const level = state.error === CLIENT_CLOSED ? "debug" : "warn";
-      this.parts.log[level](`response from ${record.backend} cut short: ${state.error}`, {
+  #settle = (attempt: Attempt): void => {
+    const record = attempt.out.record;
+    record.bytes = attempt.bytes;
+    record.error = attempt.error;
+    if (attempt.error) {
+      const level = attempt.error === CLIENT_CLOSED ? "debug" : "warn";
+      this.parts.log[level](`response from ${record.backend} cut short: ${attempt.error}`, {
         requestId: record.requestId,
       });
     }
-    this.#complete(record, started);
-  }
-
-  #complete(record: RequestRecord, started: number): void {
-    record.durationMs = performance.now() - started;
-    for (const o of this.parts.observers) o.request(record);
-  }
+    this.parts.complete(record, attempt.out.started);
+  };
 }
 
-function hasStickyCookie(req: ClientRequest, name: string, value: string): boolean {
-  const cookie = req.header("cookie");
-  return cookie !== undefined && cookie.includes(`${name}=${value}`);
-}
-
-function cancelBody(reply: Reply | undefined): void {
-  if (reply?.body instanceof ReadableStream) reply.body.cancel().catch(() => {});
-}
+const REASON_TEXT: Record<number, string> = {
+  400: "Bad Request",
+  413: "Content Too Large",
+  502: "Bad Gateway",
+  503: "Service not available",
+  504: "Gateway Timeout",
+};

@@ -1,37 +1,63 @@
-/** A retry budget: retries may add at most a share of the request rate, so failures cannot snowball. */
+/**
+ * A retry budget in the manner of Envoy's: retries in flight may be at most a share of the
+ * requests in flight, and always at least a few. A backend that dies costs no request at any
+ * traffic level (a handful of retries is always allowed), while a retry storm under load is
+ * bounded. The counts are shared by every worker.
+ */
+import { P_REQUESTS, P_RETRIES, poolIntBase } from "./shared.ts";
 
-/** Allows retries up to `percent`% of requests per second, and always at least `minPerSecond`. */
+/** Settings of `retryBudget:`. */
+export interface RetryBudgetOptions {
+  /** Retries in flight as a share of requests in flight (percent). */
+  percent: number;
+  /** Retries that may always be in flight. */
+  minConcurrent: number;
+}
+
+/** The budget of one pool, over its slot in the shared counters. */
 export class RetryBudget {
-  #second = 0;
-  #requests = 0;
-  #retries = 0;
-  #previousRequests = 0;
+  readonly #ints: Int32Array;
+  readonly #requests: number;
+  readonly #retries: number;
 
-  constructor(public percent: number, public minPerSecond: number) {}
-
-  /** Counts a client request. */
-  request(now = Date.now()): void {
-    this.#roll(now);
-    this.#requests++;
+  constructor(public options: RetryBudgetOptions, ints: Int32Array, slot: number) {
+    this.#ints = ints;
+    this.#requests = poolIntBase(slot) + P_REQUESTS;
+    this.#retries = poolIntBase(slot) + P_RETRIES;
   }
 
-  /** Takes one retry from the budget; false when the budget is spent. */
-  tryRetry(now = Date.now()): boolean {
-    this.#roll(now);
-    // The previous second's rate keeps the budget steady across the window boundary.
-    const rate = Math.max(this.#requests, this.#previousRequests);
-    const allowed = Math.max(this.minPerSecond, (rate * this.percent) / 100);
-    if (this.#retries + 1 > allowed) return false;
-    this.#retries++;
-    return true;
+  /** A request started; pair with {@linkcode end}. */
+  begin(): void {
+    Atomics.add(this.#ints, this.#requests, 1);
   }
 
-  #roll(now: number): void {
-    const second = Math.floor(now / 1000);
-    if (second === this.#second) return;
-    this.#previousRequests = second === this.#second + 1 ? this.#requests : 0;
-    this.#second = second;
-    this.#requests = 0;
-    this.#retries = 0;
+  /** A request finished. */
+  end(): void {
+    Atomics.sub(this.#ints, this.#requests, 1);
+  }
+
+  /** Takes a retry from the budget (pair with {@linkcode endRetry}); false when it is spent. */
+  tryRetry(): boolean {
+    const { percent, minConcurrent } = this.options;
+    const allowed = Math.max(
+      minConcurrent,
+      Math.floor((Atomics.load(this.#ints, this.#requests) * percent) / 100),
+    );
+    if (Atomics.add(this.#ints, this.#retries, 1) < allowed) return true;
+    Atomics.sub(this.#ints, this.#retries, 1);
+    return false;
+  }
+
+  /** A retry attempt is over (answered or failed). */
+  endRetry(): void {
+    Atomics.sub(this.#ints, this.#retries, 1);
+  }
+
+  /** Requests and retries in flight now. */
+  get inFlight(): { requests: number; retries: number } {
+    return {
+      requests: Atomics.load(this.#ints, this.#requests),
+      retries: Atomics.load(this.#ints, this.#retries),
+    };
   }
 }

@@ -1,4 +1,8 @@
-/** The balancer's Prometheus metrics, fed by the proxy, the pool and reloads. */
+/**
+ * The balancer's Prometheus metrics. Traffic counters are fed by the request path of each
+ * worker and can be dumped and merged, so `/metrics` reports the whole balancer; gauges are
+ * read from the pools, which the control plane owns.
+ */
 import { Counter, Gauge, Histogram, Registry } from "./metrics.ts";
 import type { Backend, BackendState, Pool } from "./pool.ts";
 import type { ProxyObserver, RequestRecord } from "./proxy.ts";
@@ -7,7 +11,31 @@ import type { UpstreamError } from "./upstream/errors.ts";
 const METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"];
 /** Method label index; other methods count as "OTHER" (index METHODS.length). */
 const METHOD_INDEX = new Map(METHODS.map((m, i) => [m, i]));
+const PROTOCOLS = ["HTTP/1.1", "HTTP/1.0", "HTTP/2"];
 const STATES: BackendState[] = ["up", "down", "ejected", "draining", "disabled"];
+
+/** Per-backend response counts: index 1..5 for 1xx..5xx, 0 for failures without a response. */
+export type ResponseCounts = [number, number, number, number, number, number];
+
+/** A backend's key in dumps and views: pool and id. */
+export function backendKey(pool: string, id: string): string {
+  return pool + "\u0000" + id;
+}
+
+/** Counts that a worker sends to the control plane, to be summed. */
+export interface TrafficDump {
+  counters: Record<string, [string[], number][]>;
+  histograms: Record<string, [string[], number[], number][]>;
+  responses: [string, number[]][];
+  /** Gauges that are per worker and summed: client connections, upstream connections, tunnels. */
+  gauges: Record<string, [string[], number][]>;
+}
+
+interface Series {
+  duration: { observe(value: number): void };
+  upstream: { observe(value: number): void };
+  requests: Map<number, { value: number }>;
+}
 
 /** Metric families and the observer that feeds them. */
 export class Stats implements ProxyObserver {
@@ -19,28 +47,38 @@ export class Stats implements ProxyObserver {
   readonly timeouts: Counter;
   readonly upstreamErrors: Counter;
   readonly retries: Counter;
+  readonly retriesRefused: Counter;
   readonly ejections: Counter;
   readonly reloads: Counter;
+  readonly discoveryErrors: Counter;
+  readonly tunnels: Counter;
   readonly startedAt = Date.now();
-  /** Open client connections on the traffic port; the balancer plugs in its listener's count. */
+  /** Open client connections; the balancer plugs in its listeners' count (summed over workers). */
   clientConnections: () => number = () => 0;
-  readonly #series = new Map<string, {
-    duration: { observe(value: number): void };
-    upstream: { observe(value: number): void };
-    requests: Map<number, { value: number }>;
-  }>();
+  /** Open tunnels (upgraded connections). */
+  tunnelsOpen: () => number = () => 0;
+  /** Responses by class per backend key (see {@linkcode backendKey}). */
+  readonly responses = new Map<string, ResponseCounts>();
+  /** Sums of other workers' per-worker gauges, set when merging. */
+  #merged: TrafficDump["gauges"] | undefined;
+  readonly #series = new Map<Backend | string, Map<string, Series>>();
 
-  constructor(readonly pool: Pool, readonly configVersion: () => number) {
+  constructor(
+    readonly pools: () => readonly Pool[],
+    readonly configVersion: () => number,
+  ) {
     const r = this.registry;
     this.requests = r.add(
-      new Counter("sluice_requests_total", "Client requests by backend, method and status code.", [
-        "backend",
-        "method",
-        "code",
-      ]),
+      new Counter(
+        "sluice_requests_total",
+        "Client requests by pool, route, backend, method, status code and protocol.",
+        ["pool", "route", "backend", "method", "code", "protocol"],
+      ),
     );
     this.duration = r.add(
       new Histogram("sluice_request_duration_seconds", "Whole client request duration.", [
+        "pool",
+        "route",
         "backend",
       ]),
     );
@@ -48,97 +86,132 @@ export class Stats implements ProxyObserver {
       new Histogram(
         "sluice_upstream_response_seconds",
         "Time from sending a request upstream to its response head.",
-        ["backend"],
+        ["pool", "backend"],
       ),
     );
     this.connectErrors = r.add(
       new Counter(
         "sluice_upstream_connect_errors_total",
         "Failed connection attempts to backends.",
-        ["backend"],
+        ["pool", "backend"],
       ),
     );
     this.timeouts = r.add(
-      new Counter("sluice_upstream_timeouts_total", "Upstream response timeouts.", ["backend"]),
+      new Counter("sluice_upstream_timeouts_total", "Upstream response timeouts.", [
+        "pool",
+        "backend",
+      ]),
     );
     this.upstreamErrors = r.add(
       new Counter(
         "sluice_upstream_errors_total",
         "Upstream failures by kind (connect, reset, timeout, protocol).",
-        ["backend", "kind"],
+        ["pool", "backend", "kind"],
       ),
     );
     this.retries = r.add(
-      new Counter("sluice_retries_total", "Retries, by the backend retried on.", ["backend"]),
+      new Counter("sluice_retries_total", "Retries, by the backend retried on.", [
+        "pool",
+        "backend",
+      ]),
+    );
+    this.retriesRefused = r.add(
+      new Counter(
+        "sluice_retries_refused_total",
+        "Retries the retry budget refused.",
+        ["pool"],
+      ),
     );
     this.ejections = r.add(
-      new Counter("sluice_ejections_total", "Outlier ejections.", ["backend"]),
+      new Counter("sluice_ejections_total", "Outlier ejections.", ["pool", "backend"]),
     );
     this.reloads = r.add(
       new Counter("sluice_config_reloads_total", "Configuration reloads by outcome.", [
         "outcome",
       ]),
     );
+    this.discoveryErrors = r.add(
+      new Counter(
+        "sluice_discovery_errors_total",
+        "Failed DNS lookups of backend names (the last good answer is kept).",
+        ["pool", "name"],
+      ),
+    );
+    this.tunnels = r.add(
+      new Counter("sluice_tunnels_total", "Upgraded connections (WebSocket and others) opened.", [
+        "pool",
+        "backend",
+      ]),
+    );
     // Series that exist from the start, so rate() and alerts see 0 rather than nothing.
     this.reloads.inc(["success"], 0);
     this.reloads.inc(["failure"], 0);
+    const each = <T>(fn: (p: Pool, b: Backend) => T) =>
+      this.pools().flatMap((p) => p.backends.map((b) => fn(p, b)));
     r.add(
       new Gauge(
         "sluice_backend_up",
         "1 if the backend takes new requests, else 0.",
-        ["backend"],
-        () => this.pool.backends.map((b) => [[b.id], b.available ? 1 : 0] as const),
+        ["pool", "backend"],
+        () => each((p, b) => [[p.name, b.id], b.available ? 1 : 0] as const),
       ),
     );
     r.add(
       new Gauge(
         "sluice_backend_state",
         "1 for the backend's current state (up, down, ejected, draining, disabled).",
-        ["backend", "state"],
+        ["pool", "backend", "state"],
         () =>
-          this.pool.backends.flatMap((b) =>
-            STATES.map((s) => [[b.id, s], b.state === s ? 1 : 0] as const)
-          ),
+          each((p, b) => STATES.map((s) => [[p.name, b.id, s], b.state === s ? 1 : 0] as const))
+            .flat(),
       ),
     );
     r.add(
       new Gauge(
         "sluice_backend_inflight_requests",
-        "Requests being proxied to the backend now.",
-        ["backend"],
-        () => this.pool.backends.map((b) => [[b.id], b.inflight] as const),
+        "Requests being proxied to the backend now, by every worker.",
+        ["pool", "backend"],
+        () => each((p, b) => [[p.name, b.id], b.inflight] as const),
       ),
     );
     r.add(
       new Gauge(
         "sluice_backend_weight",
         "Configured weight of the backend.",
-        ["backend"],
-        () => this.pool.backends.map((b) => [[b.id], b.weight] as const),
+        ["pool", "backend"],
+        () => each((p, b) => [[p.name, b.id], b.weight] as const),
       ),
     );
     r.add(
       new Gauge(
         "sluice_backend_effective_weight",
         "Weight used for selection now (lower during slow start).",
-        ["backend"],
-        () => this.pool.backends.map((b) => [[b.id], this.pool.effectiveWeight(b)] as const),
+        ["pool", "backend"],
+        () => each((p, b) => [[p.name, b.id], p.effectiveWeight(b)] as const),
       ),
     );
     r.add(
       new Gauge(
         "sluice_upstream_connections",
-        "Open connections to the backend (idle and busy).",
-        ["backend"],
-        () => this.pool.backends.map((b) => [[b.id], b.connections.open] as const),
+        "Open connections to the backend (idle and busy), over every worker.",
+        ["pool", "backend"],
+        () => this.#perWorker("sluice_upstream_connections", this.#upstreamConnections()),
       ),
     );
     r.add(
       new Gauge(
         "sluice_client_connections",
-        "Open client connections on the traffic port.",
+        "Open client connections on the traffic listeners.",
         [],
-        () => [[[], this.clientConnections()] as const],
+        () => this.#perWorker("sluice_client_connections", [[[], this.clientConnections()]]),
+      ),
+    );
+    r.add(
+      new Gauge(
+        "sluice_tunnels_open",
+        "Upgraded connections (WebSocket and others) open now.",
+        [],
+        () => this.#perWorker("sluice_tunnels_open", [[[], this.tunnelsOpen()]]),
       ),
     );
     r.add(
@@ -161,54 +234,175 @@ export class Stats implements ProxyObserver {
 
   /** ProxyObserver: a request finished. */
   request(r: RequestRecord): void {
-    const backend = r.backend?.id ?? "";
-    // Series are cached per backend and method+status, so a request costs no label arrays.
-    let series = this.#series.get(backend);
+    // Series are cached per backend (or pool) and route, so a request costs no label arrays.
+    const b = r.backend;
+    const key = b ?? r.pool;
+    let byRoute = this.#series.get(key);
+    if (!byRoute) this.#series.set(key, byRoute = new Map());
+    let series = byRoute.get(r.route);
+    const backend = b?.id ?? "";
     if (!series) {
       series = {
-        duration: this.duration.series([backend]),
-        upstream: this.upstreamDuration.series([backend]),
+        duration: this.duration.series([r.pool, r.route, backend]),
+        upstream: this.upstreamDuration.series([r.pool, backend]),
         requests: new Map(),
       };
-      this.#series.set(backend, series);
+      byRoute.set(r.route, series);
     }
-    const index = METHOD_INDEX.get(r.method) ?? METHODS.length;
-    const key = r.status * 16 + index;
-    let count = series.requests.get(key);
+    const method = METHOD_INDEX.get(r.method) ?? METHODS.length;
+    let protocol = PROTOCOLS.indexOf(r.protocol);
+    if (protocol === -1) protocol = 0;
+    const code = (r.status * 16 + method) * 4 + protocol;
+    let count = series.requests.get(code);
     if (!count) {
-      count = this.requests.cell([backend, METHODS[index] ?? "OTHER", String(r.status)]);
-      series.requests.set(key, count);
+      count = this.requests.cell([
+        r.pool,
+        r.route,
+        backend,
+        METHODS[method] ?? "OTHER",
+        String(r.status),
+        PROTOCOLS[protocol],
+      ]);
+      series.requests.set(code, count);
     }
     count.value++;
     series.duration.observe(r.durationMs / 1000);
-    if (r.backend && r.answered) {
+    if (b && r.answered) {
       series.upstream.observe(r.upstreamMs / 1000);
-      r.backend.responses[r.error ? 0 : Math.floor(r.status / 100)]++;
+      this.#responses(r.pool, b.id)[r.error ? 0 : Math.floor(r.status / 100)]++;
     }
   }
 
   /** ProxyObserver: an upstream attempt failed. */
   upstreamError(backend: Backend, error: UpstreamError): void {
-    this.upstreamErrors.inc([backend.id, error.kind]);
-    if (error.kind === "connect") this.connectErrors.inc([backend.id]);
-    if (error.kind === "timeout") this.timeouts.inc([backend.id]);
-    backend.responses[0]++;
+    const pool = this.#poolOf(backend);
+    this.upstreamErrors.inc([pool, backend.id, error.kind]);
+    if (error.kind === "connect") this.connectErrors.inc([pool, backend.id]);
+    if (error.kind === "timeout") this.timeouts.inc([pool, backend.id]);
+    this.#responses(pool, backend.id)[0]++;
   }
 
   /** ProxyObserver: a retry was sent to `backend`. */
   retry(backend: Backend): void {
-    this.retries.inc([backend.id]);
+    this.retries.inc([this.#poolOf(backend), backend.id]);
+  }
+
+  /** ProxyObserver: the retry budget refused a retry. */
+  retryRefused(pool: string): void {
+    this.retriesRefused.inc([pool]);
+  }
+
+  /** A backend's response counts (zeros if it has none). */
+  responsesOf(pool: string, id: string): ResponseCounts {
+    return this.responses.get(backendKey(pool, id)) ?? [0, 0, 0, 0, 0, 0];
   }
 
   /** Prometheus exposition text. */
   render(): string {
-    for (const b of this.pool.backends) {
-      const id = [b.id];
-      this.retries.inc(id, 0);
-      this.ejections.inc(id, 0);
-      this.connectErrors.inc(id, 0);
-      this.timeouts.inc(id, 0);
+    for (const p of this.pools()) {
+      this.retriesRefused.inc([p.name], 0);
+      for (const b of p.backends) {
+        const id = [p.name, b.id];
+        this.retries.inc(id, 0);
+        this.ejections.inc(id, 0);
+        this.connectErrors.inc(id, 0);
+        this.timeouts.inc(id, 0);
+      }
     }
     return this.registry.render();
+  }
+
+  /** This worker's traffic counts and per-worker gauges, to be merged by the control plane. */
+  dump(): TrafficDump {
+    return {
+      counters: Object.fromEntries(
+        this.#traffic().counters.map((c) => [c.name, c.dump()]),
+      ),
+      histograms: Object.fromEntries(
+        this.#traffic().histograms.map((h) => [h.name, h.dump()]),
+      ),
+      responses: [...this.responses].map(([k, v]) => [k, [...v]]),
+      gauges: {
+        sluice_client_connections: [[[], this.clientConnections()]],
+        sluice_tunnels_open: [[[], this.tunnelsOpen()]],
+        sluice_upstream_connections: this.#upstreamConnections().map(([l, v]) => [[...l], v]),
+      },
+    };
+  }
+
+  /** Replaces this instance's traffic counts with the sum of `dumps` (the control plane's view). */
+  setMerged(dumps: readonly TrafficDump[]): void {
+    const { counters, histograms } = this.#traffic();
+    for (const c of counters) {
+      c.clear();
+      for (const d of dumps) c.merge(d.counters[c.name] ?? []);
+    }
+    for (const h of histograms) {
+      h.clear();
+      for (const d of dumps) h.merge(d.histograms[h.name] ?? []);
+    }
+    this.responses.clear();
+    for (const d of dumps) {
+      for (const [k, v] of d.responses) {
+        const mine = this.responses.get(k) ?? [0, 0, 0, 0, 0, 0];
+        for (let i = 0; i < 6; i++) mine[i] += v[i];
+        this.responses.set(k, mine);
+      }
+    }
+    this.#series.clear();
+    const gauges: TrafficDump["gauges"] = {};
+    for (const d of dumps) {
+      for (const [name, rows] of Object.entries(d.gauges)) {
+        const sums = new Map<string, [string[], number]>();
+        for (const row of gauges[name] ?? []) sums.set(row[0].join("\u0000"), row);
+        for (const [labels, value] of rows) {
+          const k = labels.join("\u0000");
+          const row = sums.get(k);
+          if (row) row[1] += value;
+          else sums.set(k, [labels, value]);
+        }
+        gauges[name] = [...sums.values()];
+      }
+    }
+    this.#merged = gauges;
+  }
+
+  #traffic() {
+    return {
+      counters: [
+        this.requests,
+        this.connectErrors,
+        this.timeouts,
+        this.upstreamErrors,
+        this.retries,
+        this.retriesRefused,
+        this.tunnels,
+      ],
+      histograms: [this.duration, this.upstreamDuration],
+    };
+  }
+
+  #perWorker(name: string, own: readonly (readonly [readonly string[], number])[]) {
+    return this.#merged ? this.#merged[name] ?? [] : own;
+  }
+
+  #upstreamConnections(): [string[], number][] {
+    return this.pools().flatMap((p) =>
+      p.backends.map((b) =>
+        [[p.name, b.id], b.hasConnections ? b.connections.open : 0] as [string[], number]
+      )
+    );
+  }
+
+  #responses(pool: string, id: string): ResponseCounts {
+    const key = backendKey(pool, id);
+    let counts = this.responses.get(key);
+    if (!counts) this.responses.set(key, counts = [0, 0, 0, 0, 0, 0]);
+    return counts;
+  }
+
+  #poolOf(backend: Backend): string {
+    for (const p of this.pools()) if (p.backends.includes(backend)) return p.name;
+    return "";
   }
 }

@@ -36,7 +36,8 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{1
 const COMBINED =
   /^(\S+) (\S+) (\S+) \[([\w:/]+\s[+\-]\d{4})\] "(\S+) (\S+)\s*(\S+)?\s*" (\d{3}) (\d+|-) "([^"]*)" "([^"]*)"/;
 /** What sluice appends to "combined". */
-const COMBINED_TAIL = /^ rt=(\d+\.\d{3}) urt=(\d+\.\d{3}) backend=(\S+) retries=(\d+) id=(\S+)$/;
+const COMBINED_TAIL =
+  /^ rt=(\d+\.\d{3}) urt=(\d+\.\d{3}) backend=(\S+) retries=(\d+) id=(\S+) pool=(\S+) route=(\S+)$/;
 
 const MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(" ");
 /** Parses `10/Oct/2000:13:55:36 +0000` to ms since epoch. */
@@ -93,8 +94,11 @@ Deno.test("access log: JSON lines appended to a file, one per request, with ever
     "client",
     "method",
     "target",
+    "protocol",
     "status",
     "bytes",
+    "pool",
+    "route",
     "duration_ms",
     "upstream_ms",
     "backend",
@@ -275,6 +279,9 @@ Deno.test("access log: each line carries its own request's time, in both formats
       ip: "127.0.0.1",
       method: "GET",
       target: "/",
+      protocol: "HTTP/1.1",
+      pool: "default",
+      route: "",
       status: 200,
       bytes: 2,
       durationMs: 1,

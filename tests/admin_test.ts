@@ -275,7 +275,7 @@ Deno.test("bad requests get JSON errors and never change state", async () => {
       "/api/backends",
       { body: { url: "http://127.0.0.1:9", port: 9 } },
       400,
-      /port: unknown key/,
+      /port: applies to dns entries only/,
     ],
     ["POST", "/api/backends", { raw: JSON.stringify({ pad: "x".repeat(70_000) }) }, 413, /larger/],
     ["PATCH", "/api/backends/a", { body: { weight: "heavy" } }, 400, /weight: must be a number/],
@@ -288,7 +288,7 @@ Deno.test("bad requests get JSON errors and never change state", async () => {
     const res = await f.call(method, path, { token: true, ...options });
     assert.equal(res.status, code, `${method} ${path} ${JSON.stringify(options).slice(0, 60)}`);
     assert.match(res.headers.get("content-type") ?? "", /^application\/json/);
-    assert.match(String(res.body.error), message, `${method} ${path}`);
+    assert.match(String(res.body.error), message, `${method} ${path}: ${res.body.error}`);
   }
   const wrongMethod = await f.call("GET", "/api/backends/a/drain");
   assert.equal(wrongMethod.status, 405);
@@ -354,7 +354,7 @@ Deno.test("GET /api/events streams a snapshot, then per-second updates with the 
     assert.equal(snapshot.writable, true);
     assert.equal(snapshot.status.backends.length, 2);
     assert.equal(snapshot.series.total.count.length, 300, "five minutes of seconds");
-    assert.deepEqual(Object.keys(snapshot.series.backends), ["a", "b"]);
+    assert.deepEqual(Object.keys(snapshot.series.backends), ["default/a", "default/b"]);
 
     await traffic(f.tb.url, 6);
     let seen = 0;
@@ -364,8 +364,8 @@ Deno.test("GET /api/events streams a snapshot, then per-second updates with the 
       const { value } = await events.next();
       assert.equal(value!.event, "update");
       const frame = JSON.parse(value!.data);
-      seen += frame.series.backends.a.count.reduce((n: number, c: number) => n + c, 0);
-      summary = frame.summary.backends.a;
+      seen += frame.series.backends["default/a"].count.reduce((n: number, c: number) => n + c, 0);
+      summary = frame.summary.backends["default/a"];
     }
     assert.equal(seen, 3, "a's three requests show up in the per-second series");
     assert.ok(summary.rps > 0);

@@ -94,6 +94,7 @@ Deno.test("--check prints sluice.yaml's effective config as JSON and exits 0", a
     clientHeader: "10s",
     clientIdle: "75s",
     client: "1m",
+    tunnel: "1h",
   });
 });
 
@@ -185,10 +186,10 @@ Deno.test("--check with a bad file exits 1 and prints every error, one per line"
       "backends[1].url: must be an http:// or https:// URL",
       "backends[1].weight: must be a number",
       'health.interval: must be a duration such as 250ms, 2s or 1m (got "10 sec")',
-      "helth: unknown key",
+      "helth: unknown key (did you mean health?)",
       "listen.port: must be at most 65535",
       'strategy: must be one of "round-robin", "weighted-round-robin", "least-connections", ' +
-      '"random", "power-of-two", "latency", "consistent-hash"',
+      '"random", "power-of-two", "latency", "consistent-hash", "maglev"',
     ]);
   });
 });

@@ -136,7 +136,9 @@ const rejected: [status: number, name: string, request: string][] = [
   [431, "a 70 000-byte header (head over 64 KiB)", get(`X-Big: ${"a".repeat(70_000)}\r\n`)],
   [501, "Transfer-Encoding: gzip, chunked", post(`${TE} gzip, chunked\r\n`, "0\r\n\r\n")],
   [505, "version HTTP/2.0", req("GET / HTTP/2.0", H)],
-  [505, "version HTTP/1.2", req("GET / HTTP/1.2", H)],
+  [505, "version HTTP/3.0", req("GET / HTTP/3.0", H)],
+  [414, "a 9 KiB request target", req(`GET /${"a".repeat(9 * 1024)} HTTP/1.1`, H)],
+  [400, "an invalid Host (user@host)", req("GET / HTTP/1.1", "Host: user@lb.test\r\n")],
 ];
 
 for (const [status, name, request] of rejected) {
@@ -174,6 +176,8 @@ const accepted: { name: string; request: string }[] = [
   { name: "HTTP/1.1", request: `GET /echo HTTP/1.1\r\n${H}Connection: close\r\n\r\n` },
   { name: "HTTP/1.0", request: `GET /echo HTTP/1.0\r\n${H}\r\n` },
   { name: "a request head of exactly 60 KiB", request: sixtyKiB },
+  { name: "HTTP/1.2 (answered as 1.1)", request: `GET /echo HTTP/1.2\r\n${H}\r\n` },
+  { name: "a target with a #fragment", request: `GET /echo#top HTTP/1.1\r\n${H}\r\n` },
 ];
 
 for (const { name, request } of accepted) {
@@ -273,7 +277,9 @@ Deno.test("an invalid chunk size fails the request and closes the connection; st
       );
       await client.send("zz\r\nhello\r\n0\r\n\r\n");
       const got = await untilClosed(client);
-      assert.doesNotMatch(got, /^HTTP\/1\.\d 200/m, `a bad body was answered 200: ${got}`);
+      // The client is told why: a 400 with Connection: close, then the close.
+      assert.match(got, /^HTTP\/1\.1 400 /, `a bad body was not answered 400: ${got}`);
+      assert.match(got, /\r\nconnection: close\r\n/i, got);
     }
     // The client's fault, not the backend's: no failure counted against it, no retry.
     const backend = lb.balancer.pool.backends[0];

@@ -10,6 +10,7 @@ import {
   configJsonSchema,
   formatConfig,
   isLoopback,
+  listenersOf,
   loadConfig,
   parseConfigText,
   statusMatcher,
@@ -44,11 +45,10 @@ async function loadProblems(path: string | undefined, overrides = {}): Promise<s
 
 Deno.test("a single backend is enough; everything else has a default", () => {
   const config: Config = validateConfig(ONE);
-  assert.deepEqual(config, {
-    listen: { host: "0.0.0.0", port: 8080 },
+  const pool = {
     strategy: "round-robin",
     hashKey: "ip",
-    backends: [{ url: "http://127.0.0.1:8081", weight: 1 }],
+    sticky: undefined,
     health: {
       path: "/",
       interval: 10_000,
@@ -57,6 +57,23 @@ Deno.test("a single backend is enough; everything else has a default", () => {
       unhealthyThreshold: 3,
       expectStatus: "200-399",
     },
+    retries: 2,
+    retryOn: [],
+    retryBudget: { percent: 20, minConcurrent: 3 },
+    outlier: {
+      consecutiveFailures: 5,
+      baseEjection: 30_000,
+      maxEjection: 300_000,
+      maxEjectionPercent: 50,
+    },
+    slowStart: 0,
+  };
+  const { sticky: _, ...top } = pool;
+  assert.deepEqual(config, {
+    ...top,
+    listen: { host: "0.0.0.0", port: 8080 },
+    workers: 1,
+    backends: [{ url: "http://127.0.0.1:8081", weight: 1 }],
     timeouts: {
       connect: 3_000,
       response: 30_000,
@@ -65,20 +82,28 @@ Deno.test("a single backend is enough; everything else has a default", () => {
       clientHeader: 10_000,
       clientIdle: 75_000,
       client: 60_000,
+      tunnel: 3_600_000,
     },
-    retries: 2,
-    retryOn: [],
-    retryBudget: { percent: 20, minPerSecond: 3 },
     retryBuffer: 65_536,
-    outlier: {
-      consecutiveFailures: 5,
-      baseEjection: 30_000,
-      maxEjection: 300_000,
-      maxEjectionPercent: 50,
+    requestBuffering: 0,
+    trustedProxies: [],
+    discovery: { interval: 30_000 },
+    limits: {
+      maxPending: 0,
+      queueTimeout: 1_000,
+      maxHeaderBytes: 65_536,
+      maxHeaders: 100,
+      maxUriLength: 8_192,
     },
-    limits: { maxPending: 0, queueTimeout: 1_000 },
-    slowStart: 0,
     log: { level: "info", format: "text" },
+    pools: [{
+      ...pool,
+      name: "default",
+      backends: [{ url: "http://127.0.0.1:8081", weight: 1 }],
+      limits: { maxConnections: undefined, maxPending: 0, queueTimeout: 1_000 },
+      timeouts: { connect: 3_000, response: 30_000, idle: 60_000 },
+      tls: undefined,
+    }],
   });
 });
 
@@ -108,6 +133,7 @@ Deno.test("durations and sizes are read in every accepted spelling", () => {
     clientHeader: 2_000,
     clientIdle: 500,
     client: 90_000,
+    tunnel: 3_600_000,
   });
   assert.equal(config.retryBuffer, 65_536);
   assert.equal(config.sticky?.ttl, 7_200_000);
@@ -132,25 +158,33 @@ Deno.test("every hashKey form and a sticky cookie are accepted", () => {
 
 // Each mistake yields exactly one line: the field's path, a colon, and the reason.
 const MISTAKES: [string, unknown, string][] = [
-  ["unknown top-level key", { ...ONE, helth: {} }, "helth: unknown key"],
+  ["unknown top-level key", { ...ONE, helth: {} }, "helth: unknown key (did you mean health?)"],
   [
     "unknown nested key",
     { ...ONE, health: { intervall: "1s" } },
-    "health.intervall: unknown key",
+    "health.intervall: unknown key (did you mean interval?)",
   ],
   [
     "unknown key in a backend",
     { backends: [{ url: "http://a:1", wieght: 2 }] },
-    "backends[0].wieght: unknown key",
+    "backends[0].wieght: unknown key (did you mean weight?)",
   ],
   ["string for a number", { ...ONE, retries: "three" }, "retries: must be a number"],
   ["float for an integer", { ...ONE, listen: { port: 80.5 } }, "listen.port: must be an integer"],
   ["number for a string", { backends: [{ url: 8081 }] }, "backends[0].url: must be a string"],
   ["scalar for a list", { backends: "http://a:1" }, "backends: must be a list"],
-  ["scalar for a section", { ...ONE, listen: 8080 }, "listen: must be a mapping"],
+  [
+    "scalar for a section",
+    { ...ONE, listen: 8080 },
+    "listen: must be a mapping (one listener) or a list of them",
+  ],
   ["missing backends", {}, "backends: is required"],
   ["empty backends", { backends: [] }, "backends: at least one backend is required"],
-  ["backend without url", { backends: [{ name: "a" }] }, "backends[0].url: is required"],
+  [
+    "backend without url",
+    { backends: [{ name: "a" }] },
+    "backends[0].url: is required (or dns: NAME)",
+  ],
   [
     "non-http URL",
     { backends: [{ url: "http://a:1" }, { url: "ftp://b:21" }] },
@@ -200,7 +234,7 @@ const MISTAKES: [string, unknown, string][] = [
     "unknown strategy",
     { ...ONE, strategy: "fastest" },
     'strategy: must be one of "round-robin", "weighted-round-robin", "least-connections", ' +
-    '"random", "power-of-two", "latency", "consistent-hash"',
+    '"random", "power-of-two", "latency", "consistent-hash", "maglev"',
   ],
   [
     "unknown log level",
@@ -383,7 +417,7 @@ Deno.test("expectStatus ranges match the statuses they list", () => {
 Deno.test("sluice.yaml loads as documented", async () => {
   const config = await loadConfig("sluice.yaml", {});
   assert.deepEqual(config.listen, { host: "0.0.0.0", port: 8080 });
-  assert.deepEqual(config.backends.map((b) => b.url), [
+  assert.deepEqual(config.backends!.map((b) => b.url), [
     "http://127.0.0.1:8081",
     "http://127.0.0.1:8082",
     "http://127.0.0.1:8083",
@@ -406,8 +440,8 @@ Deno.test("YAML (.yaml, .yml) and JSON files give the same config", async () => 
   const fromJson = await withFile("a.json", json, (p) => loadConfig(p, {}));
   assert.deepEqual(fromYml, fromYaml);
   assert.deepEqual(fromJson, fromYaml);
-  assert.equal(fromYaml.listen.port, 9000);
-  assert.equal(fromYaml.backends[0].weight, 3);
+  assert.equal(listenersOf(fromYaml)[0].port, 9000);
+  assert.equal(fromYaml.backends![0].weight, 3);
   assert.equal(fromYaml.health.interval, 5_000);
 });
 
@@ -507,7 +541,7 @@ Deno.test("loadConfig: command-line overrides beat the file, and are validated l
     assert.deepEqual(await loadProblems(p, { port: "eighty" }), ["listen.port: must be a number"]);
     assert.deepEqual(await loadProblems(p, { strategy: "fastest" }), [
       'strategy: must be one of "round-robin", "weighted-round-robin", "least-connections", ' +
-      '"random", "power-of-two", "latency", "consistent-hash"',
+      '"random", "power-of-two", "latency", "consistent-hash", "maglev"',
     ]);
   });
   const noFile = await loadConfig(undefined, { backends: ["http://a:1"], healthInterval: "1s" });
@@ -533,6 +567,7 @@ Deno.test("formatConfig prints durations as strings and reads back to the same c
     clientHeader: "10s",
     clientIdle: "75s",
     client: "1m",
+    tunnel: "1h",
   });
   assert.equal(printed.sticky.ttl, "1h");
   assert.equal(printed.slowStart, "30s");
@@ -570,7 +605,8 @@ Deno.test("config.schema.json accepts sluice.yaml and flags the mistakes editors
   assert.deepEqual(schemaErrors(schema, { ...sluice, listen: { port: 70000 } }), [
     "/listen/port: above the maximum",
   ]);
-  assert.deepEqual(schemaErrors(schema, { listen: {} }), ["/backends: is required"]);
+  // "backends or pools" is for sluice itself to say; the schema cannot require one of two keys.
+  assert.deepEqual(schemaErrors(schema, { listen: {} }), []);
 });
 
 // A JSON Schema checker for the keywords config.schema.json uses (no validator package is
@@ -599,11 +635,14 @@ function schemaErrors(schema: JsonSchema, value: unknown, at = ""): string[] {
       case "const":
         if (value !== arg) errors.push(`${where}: not ${JSON.stringify(arg)}`);
         break;
-      case "anyOf":
-        if (!(arg as JsonSchema[]).some((s) => schemaErrors(s, value, at).length === 0)) {
-          errors.push(`${where}: matches none of anyOf`);
+      case "anyOf": {
+        // Like editors, report the problems of the closest branch.
+        const branches = (arg as JsonSchema[]).map((s) => schemaErrors(s, value, at));
+        if (!branches.some((b) => b.length === 0)) {
+          errors.push(...branches.reduce((a, b) => (b.length < a.length ? b : a)));
         }
         break;
+      }
       case "pattern":
         if (typeof value === "string" && !new RegExp(arg as string, "u").test(value)) {
           errors.push(`${where}: does not match the pattern`);
@@ -627,6 +666,13 @@ function schemaErrors(schema: JsonSchema, value: unknown, at = ""): string[] {
       case "maximum":
         if (typeof value === "number" && value > (arg as number)) {
           errors.push(`${where}: above the maximum`);
+        }
+        break;
+      case "propertyNames":
+        if (isObject(value)) {
+          for (const key of Object.keys(value)) {
+            errors.push(...schemaErrors(arg as JsonSchema, key, `${at}/${key}`));
+          }
         }
         break;
       case "minItems":

@@ -3,7 +3,8 @@ import { type DemoBackend, startBackend } from "../backend.ts";
 import { type Balancer, startBalancer } from "../lib/balancer.ts";
 import { validateConfig } from "../lib/config.ts";
 import { Logger } from "../lib/log.ts";
-import { type ClientRequest, parseRequestHead } from "../lib/listener/request.ts";
+import { parseRequestHead } from "../lib/listener/request.ts";
+import type { ClientRequest } from "../lib/message.ts";
 import assert from "node:assert/strict";
 
 export type { DemoBackend };
@@ -28,17 +29,19 @@ export interface TestBalancer {
  * Starts a balancer in-process from raw config (validated like a file); listens on
  * 127.0.0.1:0, health checks every minute unless the config says otherwise.
  */
-export function startTestBalancer(raw: Record<string, unknown>): TestBalancer {
+export async function startTestBalancer(raw: Record<string, unknown>): Promise<TestBalancer> {
   const health = (raw.health ?? {}) as Record<string, unknown>;
   const config = validateConfig({
     ...raw,
-    listen: { host: "127.0.0.1", port: 0, ...(raw.listen as object ?? {}) },
+    listen: Array.isArray(raw.listen)
+      ? raw.listen
+      : { host: "127.0.0.1", port: 0, ...(raw.listen as object ?? {}) },
     health: { interval: "1m", ...health },
     log: { level: "debug", ...(raw.log as object ?? {}) },
   });
   const logs: string[] = [];
   const log = new Logger(config.log.level, "text", (line) => logs.push(line));
-  const balancer = startBalancer(config, log);
+  const balancer = await startBalancer(config, log);
   return {
     balancer,
     url: `http://127.0.0.1:${balancer.addr.port}`,

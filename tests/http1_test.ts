@@ -341,6 +341,79 @@ Deno.test("malformed trailers and endless framing lines are refused", () => {
   assert.throws(() => decoder.advance(long, 0, long.length), /too long/);
 });
 
+Deno.test("chunk-size lines follow the RFC 9112 §7.1.1 grammar exactly", () => {
+  // Accepted: BWS before ";" and around "=" (recipients must parse BWS), token and quoted
+  // values, quoted-pairs, leading zeros, upper-case hex.
+  for (
+    const line of [
+      "5",
+      "05",
+      "000000000000005",
+      "5;a",
+      "5;a=b",
+      "5 ;a",
+      "5\t; a =\tb",
+      '5;a="b c;d"',
+      '5;a="q\\"uote"',
+      '5;a="\xe9"',
+      "5;a=b;c;d=e",
+      "5 ; a ; b = c",
+    ]
+  ) {
+    assert.equal(dechunk(`${line}\r\nhello\r\n0\r\n\r\n`).body, "hello", JSON.stringify(line));
+  }
+  const refused: [string, RegExp][] = [
+    ["5 ", /whitespace at the end/],
+    ["5\t", /whitespace at the end/],
+    ["5;a ", /whitespace at the end/],
+    ["5;a=b ", /whitespace at the end/],
+    ["5;", /extension name/],
+    ["5; ", /extension name/],
+    ["5;;a", /extension name/],
+    ["5;=b", /extension name/],
+    ["5;a=", /extension value/],
+    ["5;a=b c", /invalid chunk extension/],
+    ["5;a b", /invalid chunk extension/],
+    ["5;a@b", /invalid chunk extension/],
+    ["5;a=b@", /invalid chunk extension/],
+    ['5;a="b', /unterminated quoted/],
+    ['5;a="b\0"', /extension value/],
+    ['5;a="b\x7f"', /extension value/],
+    ["5\0", /invalid chunk size/],
+    ["5;a\0", /invalid chunk extension/],
+    ["5\r;a", /invalid chunk size/],
+    ["5;a\rb", /invalid chunk extension/],
+    ["1000000000000", /invalid chunk size/],
+  ];
+  for (const [line, why] of refused) dechunkFails(`${line}\r\nhello\r\n0\r\n\r\n`, why);
+});
+
+Deno.test("trailer fields must be well-formed, and the trailer section is bounded", () => {
+  dechunkFails("0\r\nX A: 1\r\n\r\n", /malformed trailer/);
+  dechunkFails("0\r\n: 1\r\n\r\n", /malformed trailer/);
+  dechunkFails("0\r\nX-A: 1\0\r\n\r\n", /malformed trailer/);
+  dechunkFails("0\r\nX-A: 1\rb\r\n\r\n", /malformed trailer/);
+  const good = "0\r\nX-A:\r\nX-B: \t\xe9 v\r\n\r\n";
+  assert.equal(dechunk(good).used, good.length);
+  // Many small trailer lines add up: refused past the limit even with every line short.
+  const decoder = new ChunkedDecoder(100);
+  const wire = latin1Bytes("0\r\n" + "X-A: 0123456789\r\n".repeat(10));
+  assert.throws(() => decoder.advance(wire, 0, wire.length), /trailer section too large/);
+  const slow = new ChunkedDecoder(100);
+  const partial = latin1Bytes("0\r\nX-A: " + "v".repeat(200));
+  assert.throws(() => slow.advance(partial, 0, partial.length), /trailer section too large/);
+});
+
+Deno.test("the chunked decoder never reads past `end`, whatever lies beyond", () => {
+  const wire = latin1Bytes("5\r\nhello\r\n0\r\n\r\n");
+  const decoder = new ChunkedDecoder();
+  // Cut just before the LF of the size line: the bytes after `end` are not looked at.
+  assert.equal(decoder.advance(wire, 0, 2), 0);
+  assert.equal(decoder.remaining, 0);
+  assert.equal(decoder.advance(wire, 0, 3), 3);
+  assert.equal(decoder.remaining, 5);
+});
+
 Deno.test("latin1Bytes and latin1String map each byte to one character and back", () => {
   const all = Uint8Array.from({ length: 256 }, (_, i) => i);
   const text = latin1String(all);

@@ -54,10 +54,10 @@ function value(
 function histogram(m: Scrape, name: string, backend: string): Sample {
   const lines = m.text.split("\n").filter((line) =>
     line.startsWith(`# HELP ${name} `) || line.startsWith(`# TYPE ${name} `) ||
-    (line.startsWith(`${name}_`) && line.includes(`{backend="${backend}"`))
+    (line.startsWith(`${name}_`) && line.includes(`backend="${backend}"`))
   );
-  const text = lines.join("\n").replaceAll(`backend="${backend}",`, "")
-    .replaceAll(`{backend="${backend}"}`, "");
+  // Keep only the `le` label, so the family's series for this backend read as one histogram.
+  const text = lines.join("\n").replace(/(pool|route|backend)="[^"]*",?/g, "").replaceAll("{}", "");
   const [family] = parsePrometheus(text + "\n") as Family[];
   assert.ok(family, `metric ${name} is exposed`);
   assert.equal(family.type, "HISTOGRAM");

@@ -132,7 +132,7 @@ Deno.test("request id: a client id that is not a single word is quoted in the co
     "the access log line",
     PATIENCE,
   );
-  const m = / retries=0 id=(.*)$/.exec(line);
+  const m = / retries=0 id=(.*) pool=\S+ route=\S+$/.exec(line);
   assert.ok(m, line);
   assert.equal(JSON.parse(m[1]), id);
 });

@@ -6,6 +6,7 @@
  */
 import type { BackendConfig } from "../lib/config.ts";
 import { type Backend, Pool } from "../lib/pool.ts";
+import { SharedCounters } from "../lib/shared.ts";
 import type { SelectContext } from "../lib/select/types.ts";
 import { clientRequest, rawServer, startTestBalancer, type TestBalancer } from "./helpers.ts";
 
@@ -232,7 +233,13 @@ export function poolOf(
   spec: { name: string; weight?: number }[],
   slowStart = 0,
 ): { pool: Pool; byName: Record<string, Backend> } {
-  const pool = new Pool({ maxConnections: Infinity, idleTimeout: 1_000, connectTimeout: 1_000 });
+  const counters = new SharedCounters();
+  const pool = new Pool(
+    "test",
+    { maxConnections: Infinity, idleTimeout: 1_000, connectTimeout: 1_000 },
+    counters,
+    counters.allocatePool(),
+  );
   pool.slowStart = slowStart;
   const byName: Record<string, Backend> = {};
   spec.forEach((s, i) => {
@@ -241,10 +248,9 @@ export function poolOf(
       name: s.name,
       weight: s.weight ?? 1,
     };
-    byName[s.name] = pool.add(entry);
+    // Tests that do not look at slow start start them long ago.
+    byName[s.name] = pool.add(entry, { started: true });
   });
-  // Added backends are in slow start from now; tests that do not look at it start them long ago.
-  for (const b of pool.backends) b.upSince = 0;
   return { pool, byName };
 }
 
@@ -277,8 +283,13 @@ export function picks(
 
 /** Sets a backend's health and recomputes its state, as the health checker would. */
 export function setHealthy(pool: Pool, b: Backend, healthy: boolean): void {
-  b.healthy = healthy;
-  pool.update(b, healthy ? "health check passed" : "health check failed");
+  pool.setHealth(b, healthy, healthy ? "health check passed" : "health check failed");
+}
+
+/** Sets a backend's in-flight count (shared counter) as if `n` requests were running. */
+export function setInflight(b: Backend, n: number): void {
+  while (b.inflight < n) b.tryAcquire();
+  while (b.inflight > n) b.release();
 }
 
 /** A request a {@linkcode dropServer} received before it dropped the connection. */
@@ -337,7 +348,7 @@ export function dropServer(
  * answer apart from their configured status), so a backend told to fail its traffic
  * is not also marked down by the first probe.
  */
-export function startBalancer(raw: Record<string, unknown>): TestBalancer {
+export function startBalancer(raw: Record<string, unknown>): Promise<TestBalancer> {
   return startTestBalancer({
     ...raw,
     health: { path: "/health", ...(raw.health as Record<string, unknown> ?? {}) },

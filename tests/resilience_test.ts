@@ -18,6 +18,7 @@ import {
   tally,
 } from "./resilience_helpers.ts";
 import { RetryBudget } from "../lib/retry_budget.ts";
+import { SharedCounters } from "../lib/shared.ts";
 import type { Backend } from "../lib/pool.ts";
 
 /** The current state (a call, so TypeScript does not narrow it across awaits). */
@@ -196,54 +197,87 @@ Deno.test("a streamed PUT retried while the client is still sending reaches the 
 
 // ---------------------------------------------------------------- retry budget
 
-Deno.test("retry budget: retries are limited to percent of requests per second, at least minPerSecond", () => {
-  const budget = new RetryBudget(20, 3);
-  const t0 = 1_000_000;
-  // 5 requests in a second: 20% is 1, the floor of 3 wins.
-  for (let i = 0; i < 5; i++) budget.request(t0);
-  assert.deepEqual([1, 2, 3, 4].map(() => budget.tryRetry(t0 + 10)), [true, true, true, false]);
-  // 100 requests in the next second: 20 retries.
-  for (let i = 0; i < 100; i++) budget.request(t0 + 1_000);
+Deno.test("retry budget: retries in flight are at most percent of requests in flight, at least minConcurrent", () => {
+  const counters = new SharedCounters();
+  const budget = new RetryBudget(
+    { percent: 20, minConcurrent: 3 },
+    counters.poolInts,
+    counters.allocatePool(),
+  );
+  // 5 requests in flight: 20% is 1, the floor of 3 wins.
+  for (let i = 0; i < 5; i++) budget.begin();
+  assert.deepEqual([1, 2, 3, 4].map(() => budget.tryRetry()), [true, true, true, false]);
+  // A retry that is over frees its place.
+  budget.endRetry();
+  assert.equal(budget.tryRetry(), true);
+  for (let i = 0; i < 3; i++) budget.endRetry();
+  // 100 requests in flight: 20 retries at once.
+  for (let i = 0; i < 95; i++) budget.begin();
   let granted = 0;
-  for (let i = 0; i < 50; i++) if (budget.tryRetry(t0 + 1_500)) granted++;
+  for (let i = 0; i < 50; i++) if (budget.tryRetry()) granted++;
   assert.equal(granted, 20);
-  // Early in the following second the previous second's rate still counts.
-  budget.request(t0 + 2_000);
-  granted = 0;
-  for (let i = 0; i < 50; i++) if (budget.tryRetry(t0 + 2_001)) granted++;
-  assert.equal(granted, 20);
-  // After a quiet second, only the floor.
-  budget.request(t0 + 4_000);
-  granted = 0;
-  for (let i = 0; i < 50; i++) if (budget.tryRetry(t0 + 4_001)) granted++;
-  assert.equal(granted, 3);
+  assert.deepEqual(budget.inFlight, { requests: 100, retries: 20 });
 });
 
-Deno.test("retry budget: with every backend failing, retries stay within the budget", async () => {
-  const backends = await startTestBackends(["a", "b", "c"], { status: 503 });
+Deno.test("retry budget: with every backend failing under concurrent load, retries stay within the budget", async () => {
+  const backends = await startTestBackends(["a", "b", "c"], { status: 503, delay: 50 });
   try {
     await using t = await startBalancer({
       retries: 2,
       retryOn: [503],
-      retryBudget: { percent: 10, minPerSecond: 2 },
+      retryBudget: { percent: 10, minConcurrent: 2 },
       outlier: { consecutiveFailures: 0 },
       backends: entries(backends),
     });
-    const n = 120;
-    const started = Date.now();
-    for (let i = 0; i < n; i++) assert.equal((await hit(t.url)).status, 503);
-    const windows = Math.floor(Date.now() / 1_000) - Math.floor(started / 1_000) + 1;
-    const retries = backends.reduce((sum, b) => sum + b.hits, 0) - n;
-    // Per second: max(minPerSecond, 10% of that second's or the previous second's requests).
-    const bound = windows * 2 + 0.1 * 2 * n;
-    assert.ok(
-      retries <= bound,
-      `${retries} retries for ${n} requests in ${windows}s (bound ${bound})`,
+    const clients = 40;
+    const each = 5;
+    const n = clients * each;
+    await Promise.all(
+      Array.from({ length: clients }, async () => {
+        for (let i = 0; i < each; i++) assert.equal((await hit(t.url)).status, 503);
+      }),
     );
+    const retries = backends.reduce((sum, b) => sum + b.hits, 0) - n;
+    // Without a budget every request would be tried three times (400 retries).
+    assert.ok(retries < n / 2, `${retries} retries for ${n} requests: the budget did not bind`);
     assert.ok(retries >= 2, "the floor allows some retries");
-    assert.ok(retries < n, `${retries} retries: a storm would have tripled the load`);
+    assert.equal(t.balancer.stats.retries.dump().reduce((x, [, v]) => x + v, 0), retries);
+    const refused = t.balancer.stats.retriesRefused.get(["default"]);
+    assert.ok(refused > 0, "refusals are counted in sluice_retries_refused_total");
+    assert.ok(t.logs.some((l) => l.includes("retry refused by the retry budget")));
   } finally {
     await stopAll(backends);
+  }
+});
+
+Deno.test("retry budget: a dead backend costs no request at low traffic, even when it is the first choice many times in a row", async () => {
+  const [live, dead] = await startTestBackends(["live", "dead"]);
+  await dead.stop();
+  try {
+    // Weighted so the dead backend is the first choice of most requests in a row.
+    await using t = await startBalancer({
+      strategy: "weighted-round-robin",
+      outlier: { consecutiveFailures: 0 },
+      backends: [
+        { url: live.url, name: "live", weight: 1 },
+        { url: dead.url, name: "dead", weight: 9 },
+      ],
+    });
+    const statuses: number[] = [];
+    const until = Date.now() + 1_500;
+    while (Date.now() < until) {
+      statuses.push((await hit(t.url)).status);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.ok(statuses.length >= 20, `only ${statuses.length} requests`);
+    assert.deepEqual(
+      statuses.filter((s) => s !== 200),
+      [],
+      "every request was retried and answered",
+    );
+    assert.equal(t.balancer.stats.retriesRefused.get(["default"]), 0);
+  } finally {
+    await live.stop();
   }
 });
 

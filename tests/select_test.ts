@@ -13,6 +13,7 @@ import {
   runLoad,
   sequence,
   setHealthy,
+  setInflight,
   startTestBackend,
   startTestBackends,
   stopAll,
@@ -128,9 +129,9 @@ Deno.test("round-robin through the balancer: strict rotation, every backend once
 
 Deno.test("least-connections: the backend with the fewest in-flight requests wins", () => {
   const { pool, byName } = poolOf([{ name: "a" }, { name: "b" }, { name: "c" }]);
-  byName.a.inflight = 3;
-  byName.b.inflight = 1;
-  byName.c.inflight = 2;
+  setInflight(byName.a, 3);
+  setInflight(byName.b, 1);
+  setInflight(byName.c, 2);
   const select = leastConnections(pool);
   assert.deepEqual(picks(select, 5), ["b", "b", "b", "b", "b"]);
   // Retries go on in order of load.
@@ -148,14 +149,14 @@ Deno.test("least-connections: in-flight counts are relative to weight, ties foll
   // Idle: a tie, shared 2:1 like weighted round robin (nginx's least_conn).
   assert.deepEqual(picks(select, 6), ["a", "b", "a", "a", "b", "a"]);
   // a holds 2 on weight 2 (1 per unit), b holds 0: b.
-  byName.a.inflight = 2;
+  setInflight(byName.a, 2);
   assert.deepEqual(picks(select, 3), ["b", "b", "b"]);
   // a holds 3 on weight 2 (1.5 per unit), b holds 1 (1 per unit): b.
-  byName.a.inflight = 3;
-  byName.b.inflight = 1;
+  setInflight(byName.a, 3);
+  setInflight(byName.b, 1);
   assert.deepEqual(picks(select, 2), ["b", "b"]);
   // a holds 1 on weight 2 (0.5 per unit), b holds 1: a.
-  byName.a.inflight = 1;
+  setInflight(byName.a, 1);
   assert.deepEqual(picks(select, 2), ["a", "a"]);
 });
 
@@ -219,13 +220,13 @@ Deno.test("power-of-two: idle picks are proportional to weight", () => {
 
 Deno.test("power-of-two: the more loaded of the two choices is never taken", () => {
   const { pool, byName } = poolOf([{ name: "a" }, { name: "b" }, { name: "c" }]);
-  byName.a.inflight = 5;
+  setInflight(byName.a, 5);
   const seq = picks(powerOfTwo(pool), 3_000);
   assert.ok(!seq.includes("a"), "the busiest backend never wins a pair");
   assertShares(seq, { b: 0.5, c: 0.5 }, 0.05);
   // With two backends the less loaded one always wins.
   const { pool: p2, byName: n2 } = poolOf([{ name: "x" }, { name: "y" }]);
-  n2.x.inflight = 1;
+  setInflight(n2.x, 1);
   assert.deepEqual(tally(picks(powerOfTwo(p2), 200)), { y: 200 });
 });
 
@@ -256,9 +257,7 @@ Deno.test("latency: a backend with a high recent latency is avoided, and tried a
   const select = latency(pool);
   assert.ok(!picks(select, 500).includes("c"));
   // Measured 30 s ago, its remembered latency has faded: it is tried again.
-  byName.c.observeLatency(150, now - 30_000);
-  byName.c.ewmaStamp = now - 30_000;
-  byName.c.ewma = 150;
+  byName.c.setLatency(150, now - 30_000);
   assert.ok(picks(select, 500).includes("c"));
   // Unmeasured backends are tried first, so they get measured.
   const { pool: fresh, byName: f } = poolOf([{ name: "a" }, { name: "b" }]);
@@ -434,7 +433,7 @@ Deno.test("slow start: effective weight ramps from 5% to full over slowStart", (
   const { pool, byName } = poolOf([{ name: "a", weight: 4 }, { name: "b", weight: 4 }], 10_000);
   const b = byName.b;
   const t0 = 1_000_000;
-  b.upSince = t0;
+  pool.setUpSince(b, t0);
   assert.equal(pool.effectiveWeight(b, t0), 4 * 0.05);
   assert.equal(pool.effectiveWeight(b, t0 + 2_500), 1);
   assert.equal(pool.effectiveWeight(b, t0 + 5_000), 2);
@@ -451,11 +450,11 @@ Deno.test("slow start: weighted strategies send a ramping backend its ramped sha
   for (const make of [smoothWeighted, roundRobin, random, powerOfTwo, leastConnections]) {
     const { pool, byName } = poolOf([{ name: "a" }, { name: "b" }], 100_000);
     // b came back 10% into its ramp: effective weight 0.1 against a's 1.
-    byName.b.upSince = Date.now() - 10_000;
+    pool.setUpSince(byName.b, Date.now() - 10_000);
     const share = tally(picks(make(pool), 2_000)).b ?? 0;
     assert.ok(share > 2_000 * 0.04 && share < 2_000 * 0.15, `${make.name}: b got ${share} of 2000`);
     // Fully ramped: an even share.
-    byName.b.upSince = 0;
+    pool.setUpSince(byName.b, 0);
     const even = tally(picks(make(pool), 2_000)).b ?? 0;
     assert.ok(Math.abs(even - 1_000) < 150, `${make.name}: ramped b got ${even} of 2000`);
   }

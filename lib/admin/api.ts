@@ -1,15 +1,16 @@
-/** The admin JSON API: status views of the pool and the operations that change it. */
+/** The admin JSON API: status views of pools, routes and backends, and the operations that change them. */
 import { z } from "zod";
-import { type Balancer, UnknownBackend } from "../balancer.ts";
+import { type Balancer, UnknownBackend, UnknownPool } from "../balancer.ts";
 import {
-  backendId,
   backendSchema,
   ConfigError,
   issueLines,
   naturalMessage,
+  type RouteConfig,
   validateBackend,
 } from "../config.ts";
-import type { Backend, BackendState } from "../pool.ts";
+import { backendId } from "../net.ts";
+import type { Backend, BackendState, Pool } from "../pool.ts";
 
 const patchSchema = z.strictObject({ weight: backendSchema.shape.weight.removeDefault() });
 
@@ -19,7 +20,11 @@ const MAX_BODY = 64 * 1024;
 /** A backend as `GET /api/status` shows it. */
 export interface BackendView {
   id: string;
+  /** The pool it belongs to. */
+  pool: string;
   url: string;
+  /** Where it came from: `config` (the file or the admin API) or `dns: NAME`. */
+  source: string;
   state: BackendState;
   reason: string;
   /** When the state began (ISO 8601). */
@@ -43,27 +48,61 @@ export interface BackendView {
   drained?: boolean;
 }
 
+/** A pool as the API shows it. */
+export interface PoolView {
+  name: string;
+  strategy: string;
+  backends: BackendView[];
+}
+
+/** A route as the API shows it: its conditions and its action, as configured. */
+export interface RouteView {
+  index: number;
+  /** Its `name`, or its index as a string: the `route` label of metrics and the access log. */
+  label: string;
+  conditions: Partial<
+    Pick<RouteConfig, "host" | "path" | "exact" | "methods" | "headers" | "clientIp">
+  >;
+  action:
+    | { pool: string }
+    | { redirect: { to: string; status: number } }
+    | { respond: { status: number } };
+}
+
 /** The body of `GET /api/status`. */
 export interface StatusView {
   uptimeSeconds: number;
   startedAt: string;
   configVersion: number;
+  /** The default (first) pool's strategy. */
   strategy: string;
+  ready: boolean;
+  /** Every backend of every pool. */
   backends: BackendView[];
+  pools: PoolView[];
+  /** The routes, first match wins; empty without `routes:` (everything goes to the one pool). */
+  routes: RouteView[];
 }
 
 /** Describes one backend for the API. */
-export function backendView(balancer: Balancer, b: Backend, now = Date.now()): BackendView {
-  const r = b.responses;
+export function backendView(
+  balancer: Balancer,
+  pool: Pool,
+  b: Backend,
+  now = Date.now(),
+): BackendView {
+  const r = balancer.stats.responsesOf(pool.name, b.id);
   const probe = b.lastProbe;
   const view: BackendView = {
     id: b.id,
+    pool: pool.name,
     url: b.url,
+    source: b.source ?? "config",
     state: b.state,
     reason: b.reason,
     since: new Date(b.since).toISOString(),
     weight: b.weight,
-    effectiveWeight: Math.round(balancer.pool.effectiveWeight(b, now) * 1000) / 1000,
+    effectiveWeight: Math.round(pool.effectiveWeight(b, now) * 1000) / 1000,
     inflight: b.inflight,
     maxConnections: Number.isFinite(b.maxConnections) ? b.maxConnections : null,
     responses: { "1xx": r[1], "2xx": r[2], "3xx": r[3], "4xx": r[4], "5xx": r[5], failed: r[0] },
@@ -82,14 +121,46 @@ export function backendView(balancer: Balancer, b: Backend, now = Date.now()): B
   return view;
 }
 
+/** Describes a pool for the API. */
+export function poolView(balancer: Balancer, name: string, now = Date.now()): PoolView {
+  const c = balancer.pools.get(name)!;
+  return {
+    name,
+    strategy: c.config.strategy,
+    backends: c.pool.backends.map((b) => backendView(balancer, c.pool, b, now)),
+  };
+}
+
+/** Describes the routes for the API. */
+export function routeViews(routes: readonly RouteConfig[] | undefined): RouteView[] {
+  return (routes ?? []).map((r, index) => {
+    const conditions: RouteView["conditions"] = {};
+    for (const key of ["host", "path", "exact", "methods", "headers", "clientIp"] as const) {
+      if (r[key] !== undefined && !(key === "exact" && r.exact === false)) {
+        (conditions as Record<string, unknown>)[key] = r[key];
+      }
+    }
+    const action: RouteView["action"] = r.pool !== undefined
+      ? { pool: r.pool }
+      : r.redirect
+      ? { redirect: r.redirect }
+      : { respond: { status: r.respond!.status } };
+    return { index, label: r.name ?? String(index), conditions, action };
+  });
+}
+
 /** Describes the whole balancer for the API. */
 export function statusView(balancer: Balancer, now = Date.now()): StatusView {
+  const pools = [...balancer.pools.keys()].map((name) => poolView(balancer, name, now));
   return {
     uptimeSeconds: Math.floor((now - balancer.startedAt) / 1000),
     startedAt: new Date(balancer.startedAt).toISOString(),
     configVersion: balancer.version,
-    strategy: balancer.config.strategy,
-    backends: balancer.pool.backends.map((b) => backendView(balancer, b, now)),
+    strategy: pools[0]?.strategy ?? "",
+    ready: balancer.ready,
+    backends: pools.flatMap((p) => p.backends),
+    pools,
+    routes: routeViews(balancer.config.routes),
   };
 }
 
@@ -106,110 +177,154 @@ export function apiError(status: number, message: string, headers?: HeadersInit)
   return json(status, { error: message }, headers);
 }
 
-type Handler = (req: Request, id: string) => Response | Promise<Response>;
+/** What a handler gets: the request, and the pool and backend id named in the path. */
+interface Target {
+  pool: string | undefined;
+  id: string;
+}
+type Handler = (req: Request, target: Target) => Response | Promise<Response>;
 interface Route {
   pattern: RegExp;
   methods: Record<string, Handler>;
 }
 
-/** Routes `/api/...` requests (except the event stream) to their handlers. */
+/**
+ * Routes `/api/...` requests (except the event stream) to their handlers. Backends are
+ * addressed as `/api/pools/{pool}/backends/{id}`; `/api/backends/{id}` names the default
+ * (first) pool's.
+ */
 export function apiRoutes(balancer: Balancer): (req: Request, path: string) => Promise<Response> {
-  const find = (id: string): Backend | undefined => balancer.pool.get(id);
-  const view = (b: Backend) => backendView(balancer, b);
-  const unknown = (id: string) => apiError(404, `no backend with id ${id}`);
-  // Balancer methods throw UnknownBackend when the id vanished between lookup and call.
-  const act = (id: string, status: number, fn: () => void): Response => {
+  const poolOf = (name: string | undefined): Pool | undefined =>
+    name === undefined ? balancer.pool : balancer.pools.get(name)?.pool;
+  const unknownPool = (name: string) => apiError(404, `no pool named ${name}`);
+  const unknown = (t: Target) =>
+    apiError(404, `no backend with id ${t.id}${t.pool === undefined ? "" : ` in pool ${t.pool}`}`);
+  const view = (pool: Pool, b: Backend) => backendView(balancer, pool, b);
+  // Balancer methods throw when the id vanished between lookup and call.
+  const act = (t: Target, status: number, fn: () => void): Response => {
     try {
       fn();
     } catch (err) {
-      if (err instanceof UnknownBackend) return unknown(id);
+      if (err instanceof UnknownBackend) return unknown(t);
+      if (err instanceof UnknownPool) return unknownPool(t.pool!);
       throw err;
     }
-    const b = find(id);
-    return b ? json(status, view(b)) : unknown(id);
+    const pool = poolOf(t.pool);
+    const b = pool?.get(t.id);
+    return pool && b ? json(status, view(pool, b)) : unknown(t);
+  };
+  const withBackend = (t: Target, fn: (pool: Pool, b: Backend) => Response | Promise<Response>) => {
+    const pool = poolOf(t.pool);
+    if (!pool) return unknownPool(t.pool!);
+    const b = pool.get(t.id);
+    return b ? fn(pool, b) : unknown(t);
   };
 
+  const backendsList: Handler = (_req, t) => {
+    const pool = poolOf(t.pool);
+    if (!pool) return unknownPool(t.pool!);
+    return json(200, pool.backends.map((b) => view(pool, b)));
+  };
+  const addBackend: Handler = async (req, t) => {
+    const pool = poolOf(t.pool);
+    if (!pool) return unknownPool(t.pool!);
+    const body = await readJson(req);
+    if (body instanceof Response) return body;
+    let entry;
+    try {
+      entry = validateBackend(body);
+    } catch (err) {
+      if (err instanceof ConfigError) return apiError(400, problems(err.problems));
+      throw err;
+    }
+    if (entry.url === undefined) {
+      return apiError(400, "url: is required (dns entries go in the file)");
+    }
+    const id = backendId({ url: entry.url, name: entry.name });
+    if (pool.get(id)) return apiError(409, `backend ${id} already exists in pool ${pool.name}`);
+    let backend: Backend;
+    try {
+      backend = balancer.addBackend(entry, pool.name);
+    } catch (err) {
+      return apiError(409, (err as Error).message);
+    }
+    const prefix = t.pool === undefined
+      ? "/api/backends"
+      : `/api/pools/${encodeURIComponent(pool.name)}/backends`;
+    return json(201, view(pool, backend), {
+      location: `${prefix}/${encodeURIComponent(backend.id)}`,
+    });
+  };
+  const one: Record<string, Handler> = {
+    GET: (_req, t) => withBackend(t, (pool, b) => json(200, view(pool, b))),
+    PATCH: (req, t) =>
+      withBackend(t, async (pool) => {
+        const body = await readJson(req);
+        if (body instanceof Response) return body;
+        const parsed = patchSchema.safeParse(body, { error: naturalMessage });
+        if (!parsed.success) return apiError(400, problems(issueLines(parsed.error.issues)));
+        return act(t, 200, () => balancer.setWeight(t.id, parsed.data.weight, pool.name));
+      }),
+    DELETE: (_req, t) =>
+      withBackend(t, (pool) => {
+        if (!balancer.removeBackend(t.id, pool.name)) return unknown(t);
+        return json(
+          200,
+          t.pool === undefined ? { removed: t.id } : { removed: t.id, pool: pool.name },
+        );
+      }),
+  };
+  const operation = (
+    fn: (t: Target, pool: string) => void,
+    status: number,
+  ): Record<string, Handler> => ({
+    POST: (_req, t) => withBackend(t, (pool) => act(t, status, () => fn(t, pool.name))),
+  });
+  const drain = operation((t, pool) => {
+    // The balancer logs when the drain completes; the status shows `drained`.
+    balancer.drain(t.id, pool).catch(() => {});
+  }, 202);
+  const enable = operation((t, pool) => {
+    balancer.enable(t.id, pool);
+    balancer.log.info(`backend ${t.id} enabled by operator`, { pool });
+  }, 200);
+  const disable = operation((t, pool) => {
+    balancer.disable(t.id, pool);
+    balancer.log.info(`backend ${t.id} disabled by operator`, { pool });
+  }, 200);
+
+  const P = "/api/pools/([^/]+)";
   const routes: Route[] = [
+    { pattern: /^\/api\/status$/, methods: { GET: () => json(200, statusView(balancer)) } },
     {
-      pattern: /^\/api\/status$/,
-      methods: { GET: () => json(200, statusView(balancer)) },
-    },
-    {
-      pattern: /^\/api\/backends$/,
+      pattern: /^\/api\/pools$/,
       methods: {
-        GET: () => json(200, statusView(balancer).backends),
-        POST: async (req) => {
-          const body = await readJson(req);
-          if (body instanceof Response) return body;
-          let entry;
-          try {
-            entry = validateBackend(body);
-          } catch (err) {
-            if (err instanceof ConfigError) return apiError(400, problems(err.problems));
-            throw err;
-          }
-          const id = backendId(entry);
-          if (find(id)) return apiError(409, `backend ${id} already exists`);
-          const backend = balancer.addBackend(entry);
-          return json(201, view(backend), {
-            location: `/api/backends/${encodeURIComponent(backend.id)}`,
-          });
-        },
+        GET: () => json(200, [...balancer.pools.keys()].map((n) => poolView(balancer, n))),
       },
     },
     {
-      pattern: /^\/api\/backends\/([^/]+)$/,
+      pattern: new RegExp(`^${P}$`),
       methods: {
-        GET: (_req, id) => {
-          const b = find(id);
-          return b ? json(200, view(b)) : unknown(id);
-        },
-        PATCH: async (req, id) => {
-          if (!find(id)) return unknown(id);
-          const body = await readJson(req);
-          if (body instanceof Response) return body;
-          const parsed = patchSchema.safeParse(body, { error: naturalMessage });
-          if (!parsed.success) {
-            return apiError(400, problems(issueLines(parsed.error.issues)));
-          }
-          return act(id, 200, () => balancer.setWeight(id, parsed.data.weight));
-        },
-        DELETE: (_req, id) => {
-          if (!balancer.removeBackend(id)) return unknown(id);
-          return json(200, { removed: id });
-        },
+        GET: (_req, t) =>
+          balancer.pools.has(t.pool!)
+            ? json(200, poolView(balancer, t.pool!))
+            : unknownPool(t.pool!),
       },
     },
     {
-      pattern: /^\/api\/backends\/([^/]+)\/drain$/,
-      methods: {
-        POST: (_req, id) =>
-          act(id, 202, () => {
-            // The balancer logs when the drain completes; the status shows `drained`.
-            balancer.drain(id).catch(() => {});
-          }),
-      },
+      pattern: /^\/api\/routes$/,
+      methods: { GET: () => json(200, routeViews(balancer.config.routes)) },
     },
-    {
-      pattern: /^\/api\/backends\/([^/]+)\/enable$/,
-      methods: {
-        POST: (_req, id) =>
-          act(id, 200, () => {
-            balancer.enable(id);
-            balancer.log.info(`backend ${id} enabled by operator`);
-          }),
-      },
-    },
-    {
-      pattern: /^\/api\/backends\/([^/]+)\/disable$/,
-      methods: {
-        POST: (_req, id) =>
-          act(id, 200, () => {
-            balancer.disable(id);
-            balancer.log.info(`backend ${id} disabled by operator`);
-          }),
-      },
-    },
+    { pattern: /^\/api\/backends$/, methods: { GET: backendsList, POST: addBackend } },
+    { pattern: new RegExp(`^${P}/backends$`), methods: { GET: backendsList, POST: addBackend } },
+    { pattern: /^\/api\/backends\/([^/]+)$/, methods: one },
+    { pattern: new RegExp(`^${P}/backends/([^/]+)$`), methods: one },
+    { pattern: /^\/api\/backends\/([^/]+)\/drain$/, methods: drain },
+    { pattern: new RegExp(`^${P}/backends/([^/]+)/drain$`), methods: drain },
+    { pattern: /^\/api\/backends\/([^/]+)\/enable$/, methods: enable },
+    { pattern: new RegExp(`^${P}/backends/([^/]+)/enable$`), methods: enable },
+    { pattern: /^\/api\/backends\/([^/]+)\/disable$/, methods: disable },
+    { pattern: new RegExp(`^${P}/backends/([^/]+)/disable$`), methods: disable },
   ];
 
   return async (req, path) => {
@@ -225,13 +340,17 @@ export function apiRoutes(balancer: Balancer): (req: Request, path: string) => P
           allow: allow.join(", "),
         });
       }
-      let id = "";
+      let parts: string[];
       try {
-        id = match[1] === undefined ? "" : decodeURIComponent(match[1]);
+        parts = match.slice(1).map((p) => decodeURIComponent(p));
       } catch {
-        return apiError(400, "malformed backend id in the path");
+        return apiError(400, "malformed pool or backend id in the path");
       }
-      return await handler(req, id);
+      const inPool = path.startsWith("/api/pools/");
+      const target: Target = inPool
+        ? { pool: parts[0], id: parts[1] ?? "" }
+        : { pool: undefined, id: parts[0] ?? "" };
+      return await handler(req, target);
     }
     return apiError(404, `no such endpoint: ${path}`);
   };

@@ -28,14 +28,15 @@ export function frame(
   to: number,
 ): Frame {
   const status = statusView(balancer);
-  ts.prune(new Set(status.backends.map((b) => b.id)));
+  const key = (b: { pool: string; id: string }) => `${b.pool}/${b.id}`;
+  ts.prune(new Set(status.backends.map(key)));
   const summaryFrom = to - SUMMARY_SECONDS + 1;
   const summary: Frame["summary"] = { total: ts.total.summary(summaryFrom, to), backends: {} };
   const series: Frame["series"] = { total: ts.total.columns(from, to), backends: {} };
   for (const b of status.backends) {
-    const s = ts.series(b.id);
-    summary.backends[b.id] = s.summary(summaryFrom, to);
-    series.backends[b.id] = s.columns(from, to);
+    const s = ts.series(key(b));
+    summary.backends[key(b)] = s.summary(summaryFrom, to);
+    series.backends[key(b)] = s.columns(from, to);
   }
   return { time: Date.now(), writable, status, summary, series };
 }

@@ -1,7 +1,7 @@
 /** The admin listener: JSON API, Prometheus metrics and the live dashboard, on their own port. */
-import { type Balancer, formatHost } from "../balancer.ts";
-import { isLoopback } from "../config.ts";
-import { apiError, apiRoutes } from "./api.ts";
+import type { Balancer } from "../balancer.ts";
+import { formatHost, isLoopback } from "../net.ts";
+import { apiError, apiRoutes, json } from "./api.ts";
 import { bearerMatches } from "./auth.ts";
 import { EventStreams } from "./events.ts";
 import { TimeSeries } from "./timeseries.ts";
@@ -45,8 +45,8 @@ export async function startAdmin(balancer: Balancer, options: AdminOptions): Pro
       `admin.token is required when the admin listener is bound to a non-loopback address (${host})`,
     );
   }
-  if (port !== 0 && port === balancer.addr.port) {
-    throw new Error(`admin.port ${port} is the traffic port; choose another`);
+  if (port !== 0 && balancer.addrs.some((a) => a.port === port)) {
+    throw new Error(`admin.port ${port} is a traffic port; choose another`);
   }
 
   const series = new TimeSeries();
@@ -65,6 +65,12 @@ export async function startAdmin(balancer: Balancer, options: AdminOptions): Pro
   const handle = async (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => {
     const path = new URL(req.url).pathname;
     const read = req.method === "GET" || req.method === "HEAD";
+    // Probes for an outer balancer or Kubernetes: no token, no data beyond yes or no.
+    if (path === "/live" && read) return json(200, { live: true });
+    if (path === "/ready" && read) {
+      const ready = balancer.ready;
+      return json(ready ? 200 : 503, { ready });
+    }
     const asset = ASSETS[path];
     // The dashboard's files hold no data and a browser cannot attach a bearer token to a
     // page load; the page sends the token with every API call it makes.

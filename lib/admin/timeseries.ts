@@ -132,7 +132,10 @@ function round(ms: number): number {
   return Math.round(ms * 100) / 100;
 }
 
-/** Keeps a {@linkcode Series} per backend id and one for all requests; register it as a proxy observer. */
+/**
+ * Keeps a {@linkcode Series} per backend (keyed `pool/id`) and one for all requests; register
+ * it as a proxy observer.
+ */
 export class TimeSeries implements ProxyObserver {
   /** All client requests, including those no backend answered. */
   readonly total = new Series();
@@ -165,7 +168,7 @@ export class TimeSeries implements ProxyObserver {
     const sec = Math.floor(this.now() / 1000);
     const error = r.status >= 500 || r.error !== undefined;
     this.total.add(sec, r.durationMs, error);
-    if (r.backend) this.series(r.backend.id).add(sec, r.durationMs, error);
+    if (r.backend) this.series(`${r.pool}/${r.backend.id}`).add(sec, r.durationMs, error);
   }
 
   /** ProxyObserver: failed attempts show in the backend's state and the metrics, not here. */

@@ -15,11 +15,20 @@ const LAST_CHUNK = new Uint8Array([48, 13, 10, 13, 10]);
 /** Largest response head accepted from a backend. */
 export const MAX_HEAD = 64 * 1024;
 
-/** Thrown when a response head does not fit {@linkcode MAX_HEAD}. */
+/** Thrown when a head does not fit the connection's `maxHead` (by default {@linkcode MAX_HEAD}). */
 export class HeadTooLarge extends Error {
-  constructor() {
-    super(`response head larger than ${MAX_HEAD} bytes`);
+  constructor(readonly limit: number = MAX_HEAD) {
+    super(`head larger than ${limit} bytes`);
     this.name = "HeadTooLarge";
+  }
+}
+
+/** Thrown by a {@linkcode FramedBody} whose chunked body grows past its size limit (a 413). */
+export class BodyTooLarge extends Error {
+  readonly status = 413;
+  constructor(readonly limit: number) {
+    super(`body larger than ${limit} bytes`);
+    this.name = "BodyTooLarge";
   }
 }
 
@@ -32,11 +41,18 @@ export class Connection {
   idle = false;
   idleSince = 0;
   closed = false;
+  /**
+   * For a backend connection opened with a PROXY protocol header: which header (client and
+   * destination), so it is only reused for requests that would send the same one.
+   */
+  origin: string | undefined = undefined;
+  /** How far the read buffer may grow for one head; {@linkcode HeadTooLarge} past that. */
+  maxHead = MAX_HEAD;
   #pending: Promise<number | null> | undefined;
   /** The deadline of what the connection waits for now; the owner says what firing does. */
   readonly deadline: Deadline;
 
-  /** `bufferSize`: the read buffer to start with; it grows up to {@linkcode MAX_HEAD} for a large head. */
+  /** `bufferSize`: the read buffer to start with; it grows up to `maxHead` for a large head. */
   constructor(
     readonly raw: Deno.Conn,
     onTimeout: (conn: Connection) => void,
@@ -46,7 +62,7 @@ export class Connection {
     this.deadline = new Deadline(() => onTimeout(this));
   }
 
-  /** Reads more bytes after `end`, growing the buffer up to {@linkcode MAX_HEAD} if full. Null at EOF. */
+  /** Reads more bytes after `end`, growing the buffer up to `maxHead` if full. Null at EOF. */
   async fill(): Promise<number | null> {
     const n = await this.receive();
     if (n !== null) this.end += n;
@@ -66,8 +82,8 @@ export class Connection {
         this.end -= this.start;
         this.start = 0;
       } else {
-        if (this.buf.length >= MAX_HEAD) throw new HeadTooLarge();
-        const bigger = new Uint8Array(this.buf.length * 2);
+        if (this.buf.length >= this.maxHead) throw new HeadTooLarge(this.maxHead);
+        const bigger = new Uint8Array(Math.min(this.buf.length * 2, this.maxHead));
         bigger.set(this.buf);
         this.buf = bigger;
       }
@@ -195,10 +211,21 @@ export class FramedBody {
   /** The whole body has been read. */
   done = false;
   #remaining: number;
+  /** Chunked data bytes so far, against `max`. */
+  #received = 0;
   readonly #chunked: ChunkedDecoder | undefined;
 
-  /** `length` counts for `length` framing only; `none` is an empty body. */
-  constructor(readonly conn: Connection, readonly framing: BodyFraming, length: number) {
+  /**
+   * `length` counts for `length` framing only; `none` is an empty body. `max`: the largest
+   * chunked body; one growing past it throws {@linkcode BodyTooLarge} (a declared length is
+   * the caller's to check).
+   */
+  constructor(
+    readonly conn: Connection,
+    readonly framing: BodyFraming,
+    length: number,
+    readonly max: number = Infinity,
+  ) {
     this.#remaining = length;
     this.#chunked = framing === "chunked" ? new ChunkedDecoder() : undefined;
     this.done = framing === "none" || (framing === "length" && length <= 0);
@@ -206,7 +233,8 @@ export class FramedBody {
 
   /**
    * The next piece, or null once the body is complete. After a piece, `done` may already be
-   * true (a length reached). Throws {@linkcode BodyCutShort}, or `ParseError` on bad chunking.
+   * true (a length reached). Throws {@linkcode BodyCutShort}, `ParseError` on bad chunking, or
+   * {@linkcode BodyTooLarge}.
    */
   async next(): Promise<Uint8Array | null> {
     if (this.done) return null;
@@ -221,6 +249,12 @@ export class FramedBody {
           return piece;
         }
         conn.start = chunked.advance(conn.buf, conn.start, conn.end);
+        if (chunked.remaining > 0) {
+          // Refused on the chunk's declared size, before any of its bytes are read.
+          this.#received += chunked.remaining;
+          if (this.#received > this.max) throw new BodyTooLarge(this.max);
+          continue;
+        }
         if (chunked.done) {
           this.done = true;
           return null;

@@ -34,12 +34,23 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "upgrade",
 ]);
 
+/**
+ * text[from, to) without leading and trailing SP and HTAB (OWS, RFC 9110 §5.6.3). Unlike
+ * `trim()`, which also strips U+00A0 and other Unicode spaces, it keeps obs-text as sent.
+ */
+export function trimOws(text: string, from = 0, to: number = text.length): string {
+  let c: number;
+  while (from < to && ((c = text.charCodeAt(from)) === 32 || c === 9)) from++;
+  while (to > from && ((c = text.charCodeAt(to - 1)) === 32 || c === 9)) to--;
+  return from === 0 && to === text.length ? text : text.slice(from, to);
+}
+
 /** The header names listed in a `Connection` value, lower-case; they are hop-by-hop too. */
 export function connectionTokens(value: string | null): Set<string> | undefined {
   if (!value) return undefined;
   const tokens = new Set<string>();
   for (const token of value.split(",")) {
-    const name = token.trim().toLowerCase();
+    const name = trimOws(token).toLowerCase();
     if (name) tokens.add(name);
   }
   return tokens;
@@ -104,7 +115,7 @@ export const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Parses one Content-Length value (a list of equal numbers is one number); `current` is an earlier one, -1 if none. */
 export function parseContentLength(value: string, current: number): number {
   for (const part of value.split(",")) {
-    const v = part.trim();
+    const v = trimOws(part);
     if (!/^\d{1,15}$/.test(v)) {
       throw new ParseError(`invalid content-length ${JSON.stringify(value)}`);
     }
@@ -195,7 +206,7 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
     const raw = text.slice(pos, colon);
     if (!TOKEN.test(raw)) throw new ParseError(`invalid header name ${JSON.stringify(raw)}`);
     const name = raw.toLowerCase();
-    const value = text.slice(colon + 1, eol).trim();
+    const value = trimOws(text, colon + 1, eol);
     switch (name) {
       case "content-length":
         contentLength = parseContentLength(value, contentLength);
@@ -251,49 +262,168 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
   };
 }
 
-/** Incremental decoder for a chunked body; feeds framing bytes, reports data spans. */
+/** Longest chunk-size line (with extensions) or trailer line accepted. */
+export const MAX_CHUNK_LINE = 4096;
+/** Largest trailer section accepted after the last chunk, by default. */
+export const MAX_TRAILER_BYTES = 64 * 1024;
+
+/** tchar (RFC 9110 §5.6.2) by byte value: 1 for a token character. */
+export const TCHAR: Uint8Array = (() => {
+  const table = new Uint8Array(256);
+  for (const c of "!#$%&'*+-.^_`|~0123456789") table[c.charCodeAt(0)] = 1;
+  for (let c = 65; c <= 90; c++) table[c] = table[c + 32] = 1;
+  return table;
+})();
+
+function hexDigit(c: number): number {
+  if (c >= 48 && c <= 57) return c - 48;
+  if (c >= 97 && c <= 102) return c - 87;
+  if (c >= 65 && c <= 70) return c - 55;
+  return -1;
+}
+
+function chunkError(what: string, buf: Uint8Array, from: number, to: number): ParseError {
+  const text = latin1String(buf.subarray(from, Math.min(to, from + 20)));
+  return new ParseError(`${what} ${JSON.stringify(text)}`);
+}
+
+/**
+ * Checks `buf[i, eol)`, what follows a chunk size, against RFC 9112 §7.1.1:
+ * `*( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] )`. Whitespace at the end
+ * of the line, a bare `;`, a bad token, NUL or a bare CR are refused.
+ */
+function checkChunkExtensions(buf: Uint8Array, i: number, eol: number, line: number): void {
+  for (;;) {
+    let blank = false;
+    while (i < eol && (buf[i] === 32 || buf[i] === 9)) {
+      i++;
+      blank = true;
+    }
+    if (i === eol) {
+      if (blank) throw chunkError("whitespace at the end of chunk line", buf, line, eol);
+      return;
+    }
+    if (buf[i] !== 59 /* ; */) throw chunkError("invalid chunk extension in", buf, line, eol);
+    i++;
+    while (i < eol && (buf[i] === 32 || buf[i] === 9)) i++;
+    const name = i;
+    while (i < eol && TCHAR[buf[i]]) i++;
+    if (i === name) throw chunkError("invalid chunk extension name in", buf, line, eol);
+    let j = i;
+    while (j < eol && (buf[j] === 32 || buf[j] === 9)) j++;
+    if (j === eol || buf[j] !== 61 /* = */) continue; // the loop refuses what is left
+    i = j + 1;
+    while (i < eol && (buf[i] === 32 || buf[i] === 9)) i++;
+    if (i < eol && buf[i] === 34 /* " */) {
+      // quoted-string: qdtext / quoted-pair, no control characters but HTAB.
+      for (i++;; i++) {
+        if (i >= eol) throw chunkError("unterminated quoted chunk extension in", buf, line, eol);
+        let c = buf[i];
+        if (c === 34) break;
+        if (c === 92 /* \ */ && i + 1 < eol) c = buf[++i]; // quoted-pair: any but controls
+        if (c < 32 && c !== 9 || c === 127) {
+          throw chunkError("invalid chunk extension value in", buf, line, eol);
+        }
+      }
+      i++;
+    } else {
+      const value = i;
+      while (i < eol && TCHAR[buf[i]]) i++;
+      if (i === value) throw chunkError("invalid chunk extension value in", buf, line, eol);
+    }
+  }
+}
+
+/** Checks one trailer field line `buf[from, eol)`: token, colon, a value of VCHAR/obs-text/blanks. */
+function checkTrailer(buf: Uint8Array, from: number, eol: number): void {
+  let i = from;
+  while (i < eol && TCHAR[buf[i]]) i++;
+  if (i === from || i === eol || buf[i] !== 58 /* : */) {
+    throw chunkError("malformed trailer", buf, from, eol);
+  }
+  for (i++; i < eol; i++) {
+    const c = buf[i];
+    if (c < 32 && c !== 9 || c === 127) throw chunkError("malformed trailer", buf, from, eol);
+  }
+}
+
+/**
+ * Incremental decoder for a chunked body (RFC 9112 §7.1): feeds framing bytes, reports data
+ * spans. Strict: CRLF only, hex sizes below 2^48 with nothing but valid extensions after them,
+ * well-formed trailer fields up to `maxTrailerBytes` in all. Works on the bytes in place:
+ * no string is made unless there is an error to report.
+ */
 export class ChunkedDecoder {
   /** Bytes of chunk data still expected in the current chunk. */
   remaining = 0;
   /** True once the last chunk and trailer section were consumed. */
   done = false;
   #state: "size" | "data-crlf" | "trailers" = "size";
+  #trailerBytes = 0;
+
+  /** `maxTrailerBytes`: the trailer section's largest size. */
+  constructor(readonly maxTrailerBytes: number = MAX_TRAILER_BYTES) {}
 
   /**
    * Consumes framing from buf[start, end) and returns the position reached: at chunk
    * data (remaining > 0), past the whole body (done), or where more input is needed.
+   * Throws `ParseError` on anything the chunked grammar does not allow.
    */
   advance(buf: Uint8Array, start: number, end: number): number {
     let pos = start;
     while (pos < end && !this.done && this.remaining === 0) {
+      if (this.#state === "data-crlf") {
+        // Exactly CRLF after the data: anything else is data past the chunk's size.
+        const c = buf[pos];
+        if (c === 10) throw new ParseError("chunk line not ended by CRLF");
+        if (c !== 13) throw new ParseError("chunk data longer than its size");
+        if (pos + 1 >= end) return pos;
+        if (buf[pos + 1] !== 10) throw new ParseError("chunk line not ended by CRLF");
+        pos += 2;
+        this.#state = "size";
+        continue;
+      }
       const lf = buf.indexOf(10, pos);
       if (lf === -1 || lf >= end) {
-        if (end - pos > 4096) throw new ParseError("chunk framing line too long");
+        if (end - pos > MAX_CHUNK_LINE) throw new ParseError("chunk framing line too long");
+        if (this.#state === "trailers" && this.#trailerBytes + end - pos > this.maxTrailerBytes) {
+          throw new ParseError("trailer section too large");
+        }
         return pos;
       }
       if (lf === pos || buf[lf - 1] !== 13) throw new ParseError("chunk line not ended by CRLF");
-      const line = latin1String(buf.subarray(pos, lf - 1));
-      pos = lf + 1;
-      if (this.#state === "data-crlf") {
-        if (line !== "") throw new ParseError("chunk data longer than its size");
-        this.#state = "size";
-      } else if (this.#state === "size") {
-        const semi = line.indexOf(";");
-        const hex = (semi === -1 ? line : line.slice(0, semi)).trimEnd();
-        if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) {
-          throw new ParseError(`invalid chunk size ${JSON.stringify(hex.slice(0, 20))}`);
+      if (lf - pos > MAX_CHUNK_LINE) throw new ParseError("chunk framing line too long");
+      const eol = lf - 1;
+      if (this.#state === "size") {
+        let i = pos;
+        let size = 0;
+        let digits = 0;
+        for (; i < eol; i++) {
+          const h = hexDigit(buf[i]);
+          if (h < 0) break;
+          if (digits > 0 || h !== 0) digits++;
+          size = size * 16 + h;
         }
-        const size = parseInt(hex, 16);
+        const next = buf[i];
+        if (
+          i === pos || digits > 12 || (i < eol && next !== 59 && next !== 32 && next !== 9)
+        ) throw chunkError("invalid chunk size", buf, pos, eol);
+        if (i < eol) checkChunkExtensions(buf, i, eol, pos);
         if (size === 0) this.#state = "trailers";
         else {
           this.remaining = size;
           this.#state = "data-crlf";
         }
-      } else if (line === "") {
+      } else if (eol === pos) {
         this.done = true;
-      } else if (line.indexOf(":") <= 0) {
-        throw new ParseError("malformed trailer");
+      } else {
+        this.#trailerBytes += lf + 1 - pos;
+        if (this.#trailerBytes > this.maxTrailerBytes) {
+          throw new ParseError("trailer section too large");
+        }
+        checkTrailer(buf, pos, eol);
       }
+      pos = lf + 1;
     }
     return pos;
   }

@@ -1,11 +1,28 @@
 /**
  * The client-facing HTTP/1.1 server over `Deno.listen`: keep-alive, pipelining (answered in
- * order), strict request parsing, slow-client timeouts and graceful drain. Headers pass
- * through as sent (case, order, repeats) and the backend's reason phrase reaches the client.
+ * order), strict request parsing within configurable limits, slow-client timeouts, graceful
+ * drain, and the PROXY protocol behind a TCP proxy. Headers pass through as sent (case,
+ * order, repeats) and the backend's reason phrase reaches the client.
  */
-import { BodyCutShort, Connection, FramedBody, HeadTooLarge } from "../http1/connection.ts";
+import { MATCH_NONE } from "../cidr.ts";
+import {
+  BodyCutShort,
+  BodyTooLarge,
+  Connection,
+  FramedBody,
+  HeadTooLarge,
+} from "../http1/connection.ts";
+import { type Endpoint, parseProxyHeader } from "../http1/proxy_protocol.ts";
 import { findHeadEnd, httpDate, latin1Bytes, ParseError } from "../http1/wire.ts";
-import { type ClientRequest, parseRequestHead, RequestError } from "./request.ts";
+import {
+  type ClientRequest,
+  DEFAULT_LIMITS,
+  parseRequestHead,
+  RequestError,
+  type RequestLimits,
+} from "./request.ts";
+
+export { BodyTooLarge, DEFAULT_LIMITS, type RequestLimits };
 
 /** A response for the server to send. */
 export interface Reply {
@@ -37,6 +54,17 @@ export interface ServeOptions {
   hostname: string;
   port: number;
   timeouts: ClientTimeouts;
+  /** Request size limits, read per request (like `timeouts`). @default DEFAULT_LIMITS */
+  limits?: RequestLimits;
+  /**
+   * Require a PROXY protocol header (v1 or v2) before HTTP on every connection, from peers
+   * `trusted` accepts (others are closed at once); its source becomes the client's address
+   * (`ClientRequest.ip`/`port`), its destination `ClientRequest.local`. Read per connection.
+   * @default false
+   */
+  proxyProtocol?: boolean;
+  /** The trusted proxies (`cidrMatcher(trustedProxies)`). @default nobody */
+  trusted?: (ip: string) => boolean;
   handler: Handler;
   /** Told about a handler that threw (the client gets a 500) or a failed accept. */
   onError(err: unknown): void;
@@ -48,6 +76,11 @@ export interface Server {
   /** Client connections open now. */
   readonly connections: number;
   timeouts: ClientTimeouts;
+  /** Read per request: a reload may replace it. */
+  limits: RequestLimits;
+  /** Read per new connection: a reload may change them. */
+  proxyProtocol: boolean;
+  trusted: (ip: string) => boolean;
   /** Resolves once the server has stopped and every connection is closed. */
   readonly finished: Promise<void>;
   /** Stops accepting, closes idle connections and resolves once the others have finished. */
@@ -59,6 +92,8 @@ export interface Server {
 const REASONS: Record<number, string> = {
   400: "Bad Request",
   408: "Request Timeout",
+  413: "Content Too Large",
+  414: "URI Too Long",
   431: "Request Header Fields Too Large",
   500: "Internal Server Error",
   501: "Not Implemented",
@@ -93,6 +128,9 @@ export function serve(options: ServeOptions): Server {
       return sessions.size;
     },
     timeouts: options.timeouts,
+    limits: options.limits ?? { ...DEFAULT_LIMITS },
+    proxyProtocol: options.proxyProtocol ?? false,
+    trusted: options.trusted ?? MATCH_NONE,
     finished,
     shutdown() {
       stopAccepting();
@@ -131,6 +169,12 @@ export function serve(options: ServeOptions): Server {
         raw = await listener.accept();
       } catch (err) {
         if (!accepting) break;
+        // A client that hung up before we got to it (its address can no longer be read): not
+        // the listener's trouble, and no reason to pause.
+        if (
+          err instanceof Deno.errors.NotConnected || err instanceof Deno.errors.ConnectionReset ||
+          err instanceof Deno.errors.ConnectionAborted
+        ) continue;
         // Out of file descriptors and the like: keep serving the connections we have.
         options.onError(err);
         await new Promise((resolve) => setTimeout(resolve, 100));
@@ -162,13 +206,29 @@ interface SessionContext {
   onError(err: unknown): void;
 }
 
+/** The address a client connected to, read from the socket only if someone asks. */
+class LocalAddress implements Endpoint {
+  #addr: Deno.NetAddr | undefined;
+  constructor(readonly raw: Deno.Conn) {}
+  get ip(): string {
+    return (this.#addr ??= this.raw.localAddr as Deno.NetAddr).hostname;
+  }
+  get port(): number {
+    return (this.#addr ??= this.raw.localAddr as Deno.NetAddr).port;
+  }
+}
+
 /** One client connection, serving its requests one after another. */
 class Session {
   readonly conn: Connection;
-  readonly ip: string;
-  readonly port: number;
-  /** What the connection's deadline is timing, if anything. */
-  waiting: "idle" | "head" | "body" | "send" | undefined;
+  /** The client's address: the peer's, or the PROXY header's source. */
+  ip: string;
+  port: number;
+  local: Endpoint;
+  /** What the connection's deadline is timing, if anything ("proxy": the PROXY header). */
+  waiting: "proxy" | "idle" | "head" | "body" | "send" | undefined;
+  /** The head being read has a request-target within `maxUriLength` (checked once per head). */
+  #targetChecked = false;
   /** The 408 being sent after a timeout; the connection closes once it is out. */
   #timedOut: Promise<void> | undefined;
   /** A response head has been written for the current request. */
@@ -179,6 +239,7 @@ class Session {
     const addr = raw.remoteAddr as Deno.NetAddr;
     this.ip = addr.hostname;
     this.port = addr.port;
+    this.local = new LocalAddress(raw);
     // Small: most heads fit, and idle keep-alive connections are many (bodies bypass it).
     this.conn = new Connection(raw, this.#expired, 4 * 1024);
   }
@@ -193,7 +254,7 @@ class Session {
   };
 
   /** Times `what` (a wait on the client) from now; `disarm` ends it. */
-  wait(what: "idle" | "head" | "body" | "send", ms: number): void {
+  wait(what: "proxy" | "idle" | "head" | "body" | "send", ms: number): void {
     this.waiting = what;
     this.conn.deadline.arm(ms);
   }
@@ -206,6 +267,7 @@ class Session {
   async run(): Promise<void> {
     const conn = this.conn;
     try {
+      if (this.context.server.proxyProtocol && !(await this.#readProxyHeader())) return;
       for (;;) {
         const request = await this.#readHead();
         if (request === undefined) return;
@@ -215,6 +277,7 @@ class Session {
       }
     } catch (err) {
       if (err instanceof HeadTooLarge) await this.#fail(431, "request head too large");
+      else if (err instanceof BodyTooLarge) await this.#fail(413, err.message);
       else if (err instanceof ParseError) await this.#fail(400, err.message);
       else this.context.onError(err);
     } finally {
@@ -224,10 +287,48 @@ class Session {
     }
   }
 
+  /**
+   * Reads the PROXY header a trusted proxy sends first, and takes the client's address from
+   * it. False (the connection is to be closed, with no response) for an untrusted peer, a
+   * malformed header, or none within `timeouts.header`.
+   */
+  async #readProxyHeader(): Promise<boolean> {
+    const conn = this.conn;
+    const server = this.context.server;
+    if (!server.trusted(this.ip)) return false;
+    this.wait("proxy", server.timeouts.header);
+    try {
+      for (;;) {
+        const header = parseProxyHeader(conn.buf, conn.start, conn.end);
+        if (header) {
+          conn.start += header.size;
+          const addresses = header.addresses;
+          if (addresses) {
+            this.ip = addresses.source.ip;
+            this.port = addresses.source.port;
+            this.local = addresses.destination;
+          }
+          return true;
+        }
+        if ((await conn.fill()) === null) return false;
+      }
+    } catch (err) {
+      // A bad header, a reset, or the deadline: close without a word (the spec says abort).
+      if (err instanceof ParseError) {
+        this.context.onError(new Error(`PROXY protocol header from ${this.ip}: ${err.message}`));
+      }
+      return false;
+    } finally {
+      this.disarm();
+    }
+  }
+
   /** Reads and parses the next request head; undefined when the client is gone or a bad head was answered. */
   async #readHead(): Promise<ClientRequest | undefined> {
     const conn = this.conn;
-    const timeouts = this.context.server.timeouts;
+    const server = this.context.server;
+    const timeouts = server.timeouts;
+    this.#targetChecked = false;
     if (conn.start === conn.end) this.wait("idle", timeouts.idle);
     else this.wait("head", timeouts.header);
     let scanned = conn.start;
@@ -243,14 +344,27 @@ class Session {
       end = findHeadEnd(conn.buf, scanned, conn.end);
       if (end !== -1) break;
       conn.rejectBareLf(scanned, "request");
+      // Read as bytes arrive: a reload applies to a connection already waiting.
+      const limits = server.limits;
+      // Room for the largest head allowed, and for chunk-size lines when reading a body.
+      conn.maxHead = Math.max(limits.maxHeaderBytes, 8 * 1024);
+      const tooLarge = this.#oversized(limits, false);
+      if (tooLarge) {
+        this.disarm();
+        await this.#fail(tooLarge.status, tooLarge.message);
+        return undefined;
+      }
       scanned = Math.max(conn.start, conn.end - 3);
       const before = conn.start;
       let got: number | null;
       try {
         got = await conn.receive();
       } catch (err) {
-        if (err instanceof HeadTooLarge) throw err;
-        return undefined; // reset, or closed by a timeout
+        if (!(err instanceof HeadTooLarge)) return undefined; // reset, or closed by a timeout
+        const why = this.#oversized(limits, true)!;
+        this.disarm();
+        await this.#fail(why.status, why.message);
+        return undefined;
       }
       if (got === null) return undefined;
       conn.end += got;
@@ -263,7 +377,13 @@ class Session {
     this.disarm();
     let request: ClientRequest;
     try {
-      request = parseRequestHead(conn.buf.subarray(conn.start, end - 2), this.ip, this.port);
+      request = parseRequestHead(
+        conn.buf.subarray(conn.start, end - 2),
+        this.ip,
+        this.port,
+        server.limits,
+        this.local,
+      );
     } catch (err) {
       if (!(err instanceof RequestError)) throw err;
       await this.#fail(err.status, err.message);
@@ -271,6 +391,37 @@ class Session {
     }
     conn.start = end;
     return request;
+  }
+
+  /**
+   * Whether the unfinished head at hand already breaks a limit: 414 when its request-target
+   * is longer than `maxUriLength`, else 431 when it is over `maxHeaderBytes` (or `full`: the
+   * buffer cannot hold more of it). Cheap until the head outgrows the smaller limit.
+   */
+  #oversized(limits: RequestLimits, full: boolean): RequestError | undefined {
+    const conn = this.conn;
+    const buf = conn.buf;
+    const pending = conn.end - conn.start;
+    if (!full && pending <= limits.maxUriLength && pending <= limits.maxHeaderBytes) return;
+    if (!this.#targetChecked) {
+      // The target runs from the first space to the next space or line end.
+      let i = conn.start;
+      while (i < conn.end && buf[i] !== 32 && buf[i] !== 13 && buf[i] !== 10) i++;
+      const from = i + 1;
+      const limit = Math.min(conn.end, from + limits.maxUriLength + 1);
+      for (i = from; i < limit; i++) {
+        const c = buf[i];
+        if (c === 32 || c === 13 || c === 10) break;
+      }
+      if (i - from > limits.maxUriLength) {
+        return new RequestError(414, `request target longer than ${limits.maxUriLength} bytes`);
+      }
+      // Decided once the target has ended; until then it may still grow past the limit.
+      this.#targetChecked = i < conn.end;
+    }
+    if (full || pending > limits.maxHeaderBytes) {
+      return new RequestError(431, `request head larger than ${limits.maxHeaderBytes} bytes`);
+    }
   }
 
   /** Answers an unusable request with `status` and closes. */
@@ -293,9 +444,16 @@ class Session {
     try {
       reply = await this.context.handler(request);
     } catch (err) {
-      this.context.onError(err);
-      reply = textReply(500, "Internal Server Error");
       failed = true;
+      if (err instanceof BodyTooLarge) {
+        reply = textReply(413, "Content Too Large");
+      } else if (body !== undefined && err === body.failure) {
+        // The handler passed on the client's own broken upload: the client's fault.
+        reply = textReply(400, "Bad Request");
+      } else {
+        this.context.onError(err);
+        reply = textReply(500, "Internal Server Error");
+      }
     }
     this.responded = true;
     const status = reply.status;
@@ -394,10 +552,17 @@ class Session {
   }
 }
 
-/** The request body as a stream pulled from the client connection. */
+/**
+ * The request body as a stream pulled from the client connection. A chunked body that grows
+ * past `limits.maxBodySize` errors the stream with {@linkcode BodyTooLarge}; bad chunking
+ * with a `ParseError`. Either way the connection stays open for the handler's 413 or 400
+ * (sent with `Connection: close`); a client that hung up closes it at once.
+ */
 class ClientBody {
   readonly stream: ReadableStream<Uint8Array>;
   readonly #body: FramedBody;
+  /** Why reading the body failed, if it did. */
+  failure: unknown;
 
   constructor(session: Session, request: ClientRequest) {
     const conn = session.conn;
@@ -405,6 +570,7 @@ class ClientBody {
       conn,
       request.chunked ? "chunked" : "length",
       request.length,
+      session.context.server.limits.maxBodySize,
     );
     let continued = !request.expectContinue;
     this.stream = new ReadableStream<Uint8Array>({
@@ -419,13 +585,14 @@ class ClientBody {
           if (piece !== null) controller.enqueue(piece);
           if (body.done) controller.close();
         } catch (err) {
-          // A broken upload poisons the connection: nothing after it can be trusted.
-          if (!conn.deadline.expired) conn.close(); // (else a 408 is on its way, then the close)
-          controller.error(
-            err instanceof BodyCutShort
-              ? new Error(`client closed the connection ${err.where}`)
-              : err,
-          );
+          // A broken upload poisons the connection: nothing after it can be trusted. It
+          // closes after the response (the body is not done); at once if the client is gone.
+          const refused = err instanceof ParseError || err instanceof BodyTooLarge;
+          if (!refused && !conn.deadline.expired) conn.close(); // (else a 408 is on its way)
+          this.failure = err instanceof BodyCutShort
+            ? new Error(`client closed the connection ${err.where}`)
+            : err;
+          controller.error(this.failure);
         } finally {
           if (session.waiting === "body") session.disarm();
         }

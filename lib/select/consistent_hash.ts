@@ -1,5 +1,6 @@
 /** `consistent-hash`: a hash ring with virtual nodes, keyed by client IP, a header, cookie, query parameter or path. */
 import { hash32 } from "../hash.ts";
+import { cookieValue } from "../message.ts";
 import type { Backend, Pool } from "../pool.ts";
 import { roundRobin } from "./round_robin.ts";
 import type { SelectContext, Selector } from "./types.ts";
@@ -32,16 +33,6 @@ export function keyExtractor(spec: string): (ctx: SelectContext) => string | und
     };
   }
   throw new Error(`unknown hash key ${spec}`);
-}
-
-/** The value of cookie `name` in a Cookie header, or undefined. */
-export function cookieValue(header: string | undefined, name: string): string | undefined {
-  if (!header) return undefined;
-  for (const part of header.split(";")) {
-    const eq = part.indexOf("=");
-    if (eq !== -1 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
-  }
-  return undefined;
 }
 
 /** A ring over every backend (available or not), so a backend's absence only moves its own keys. */

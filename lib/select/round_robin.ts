@@ -1,20 +1,24 @@
 /** `round-robin`: each available backend in turn; honours weights through the smooth algorithm when they differ. */
 import type { Pool } from "../pool.ts";
+import { P_CURSOR, poolIntBase } from "../shared.ts";
 import { Available, rotation, type Selector } from "./types.ts";
 import { smoothWeighted } from "./weighted_round_robin.ts";
 
-/** Strict rotation over available backends when weights are equal (nginx's round robin). */
+/**
+ * Strict rotation over available backends when weights are equal (nginx's round robin). The
+ * cursor is shared by every worker, so the rotation is one rotation however many there are.
+ */
 export function roundRobin(pool: Pool): Selector {
   const available = new Available(pool);
   const weighted = smoothWeighted(pool);
-  let next = 0;
+  const ints = pool.counters.poolInts;
+  const cursor = poolIntBase(pool.slot) + P_CURSOR;
   return {
     candidates(ctx) {
       const list = available.list;
       if (list.length === 0) return [];
       if (!equalWeights(pool, list)) return weighted.candidates(ctx);
-      const first = next++ % list.length;
-      if (next >= Number.MAX_SAFE_INTEGER) next = 0;
+      const first = (Atomics.add(ints, cursor, 1) >>> 0) % list.length;
       return rotation(list, first);
     },
   };

@@ -1,6 +1,5 @@
 /** Sticky sessions: a cookie naming the backend pins a client to it while it is available. */
 import type { Backend } from "../pool.ts";
-import { cookieValue } from "./consistent_hash.ts";
 import { firstThen, type Selector } from "./types.ts";
 
 /** Settings of `sticky:`. */
@@ -10,15 +9,14 @@ export interface StickyOptions {
   ttl?: number;
 }
 
-/** Wraps a strategy: the backend named by the cookie comes first when it is available. */
-export function sticky(
-  inner: Selector,
-  options: StickyOptions,
-  backends: () => readonly Backend[],
-): Selector {
+/**
+ * Wraps a strategy: the backend named by the cookie (`ctx.pinned`, parsed once per request by
+ * the proxy) comes first when it is available.
+ */
+export function sticky(inner: Selector, backends: () => readonly Backend[]): Selector {
   return {
     candidates(ctx) {
-      const value = cookieValue(ctx.request.header("cookie"), options.cookie);
+      const value = ctx.pinned;
       const pinned = value === undefined ? undefined : backends().find((b) => b.cookie === value);
       if (pinned?.available) return firstThen(pinned, inner.candidates(ctx));
       return inner.candidates(ctx);

@@ -1,5 +1,5 @@
 /** The selection interface: a strategy turns a request into backends in order of preference. */
-import type { ClientRequest } from "../listener/request.ts";
+import type { ClientRequest } from "../message.ts";
 import type { Backend, Pool } from "../pool.ts";
 
 /** What a strategy may look at to choose. */
@@ -10,6 +10,8 @@ export interface SelectContext {
   readonly ip: string;
   /** The request target as sent: path and query. */
   readonly target: string;
+  /** The sticky-session cookie's value, when sticky sessions are on and the client sent one. */
+  readonly pinned?: string;
 }
 
 /**

@@ -11,7 +11,7 @@ import {
 } from "../http1/wire.ts";
 import { UpstreamError } from "./errors.ts";
 import type { RequestBody } from "./request_body.ts";
-import type { Reply } from "../listener/server.ts";
+import type { Reply } from "../message.ts";
 
 /** What one exchange needs. */
 export interface UpstreamRequest {
@@ -78,12 +78,10 @@ export async function exchange(
           const before = conn.start;
           const got = await conn.receive();
           if (got === null) {
-            throw new UpstreamError(
-              "reset",
+            throw new ClosedEarly(
               conn.end > conn.start
                 ? "connection closed inside the response head"
                 : "connection closed before a response",
-              true,
             );
           }
           conn.end += got;
@@ -104,31 +102,54 @@ export async function exchange(
       waiting = false;
       timer.disarm();
       pool.discard(conn);
-      const failure = upstreamError(err, timer.expired, sent, request.responseTimeout);
-      // The backend may have closed the idle connection just as we reused it.
-      const resend = reused && failure.kind === "reset" && !request.body?.failed &&
-        (!failure.sent ||
-          (IDEMPOTENT_METHODS.has(request.method) &&
-            (request.body === null || request.body.rewind())));
-      if (!resend) throw failure;
+      const failure = upstreamError(err, timer.expired, sent, request);
+      // The backend may have closed the idle connection just as we reused it: resend at once.
+      if (!(reused && failure.kind === "reset" && failure.retryable)) throw failure;
       reused = false;
       conn = await pool.connect();
     }
   }
 }
 
+/** A connection that ended before a whole response head arrived. */
+class ClosedEarly extends Error {}
+
+/**
+ * Classifies a failed exchange and decides here whether it may be retried: always when no
+ * request byte reached the backend; after that, only an idempotent request whose body can be
+ * sent again, and never after a malformed response or a failure of the client's own body.
+ */
 function upstreamError(
   err: unknown,
   expired: boolean,
   sent: boolean,
-  timeout: number,
+  request: UpstreamRequest,
 ): UpstreamError {
-  if (expired) return new UpstreamError("timeout", `no response within ${timeout}ms`, true);
-  if (err instanceof UpstreamError) return err;
-  if (err instanceof ParseError || err instanceof HeadTooLarge) {
-    return new UpstreamError("protocol", err.message, true);
+  const body = request.body;
+  if (body?.failed) {
+    return new UpstreamError(
+      "client",
+      `client request body failed: ${describeError(body.error)}`,
+      sent,
+      false,
+      body.tooLarge ? 413 : 400,
+    );
   }
-  return new UpstreamError("reset", describeError(err), sent);
+  if (err instanceof UpstreamError) return err;
+  const replayable = IDEMPOTENT_METHODS.has(request.method) && (body === null || body.rewind());
+  if (expired) {
+    return new UpstreamError(
+      "timeout",
+      `no response within ${request.responseTimeout}ms`,
+      true,
+      replayable,
+    );
+  }
+  if (err instanceof ParseError || err instanceof HeadTooLarge) {
+    return new UpstreamError("protocol", err.message, true, false);
+  }
+  const message = err instanceof ClosedEarly ? err.message : describeError(err);
+  return new UpstreamError("reset", message, sent, !sent || replayable);
 }
 
 /** Writes the body; resolves true when all of it was sent, false if the client's body failed. */

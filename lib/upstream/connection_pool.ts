@@ -1,14 +1,33 @@
 /** Keep-alive connection pooling for one backend: reuse idle connections, open new ones on demand. */
 import { Connection } from "../http1/connection.ts";
+import { encodeProxyV1, encodeProxyV2, type ProxyAddresses } from "../http1/proxy_protocol.ts";
 import { UpstreamError } from "./errors.ts";
+
+export type { ProxyAddresses };
 
 /** Idle connections kept per backend at most; more are closed when released. */
 const MAX_IDLE = 256;
 
-/** Settings a pool needs. */
+/** Settings a pool needs; read at each use, so changing them in place applies to new connections. */
 export interface ConnectionPoolOptions {
   connectTimeout: number;
   idleTimeout: number;
+  /**
+   * Send a PROXY protocol header of this version first on every new connection: the client's
+   * address and the address it connected to, as `connect(source)` and `takeIdle(source)` are
+   * given them. A connection is then reused only for requests that would send the very same
+   * header (same client address and port, same destination), as HAProxy's `send-proxy` does:
+   * in practice, later requests on the same client connection. Without a `source` (a health
+   * probe), v1 sends this connection's own ends and v2 a LOCAL header. @default none
+   */
+  proxyProtocol?: "v1" | "v2";
+}
+
+/** The reuse key of a connection opened with `source` in its PROXY header. */
+function originOf(source: ProxyAddresses | undefined): string {
+  if (!source) return "";
+  const { source: from, destination: to } = source;
+  return from.ip + " " + from.port + " " + to.ip + " " + to.port;
 }
 
 /** The idle connections of one backend, most recently used last. */
@@ -26,26 +45,62 @@ export class ConnectionPool {
     readonly options: ConnectionPoolOptions,
   ) {}
 
-  /** An idle connection, or undefined if none. */
-  takeIdle(): Connection | undefined {
-    const conn = this.#idle.pop();
-    if (conn) conn.idle = false;
-    return conn;
+  /**
+   * An idle connection, or undefined if none. With `proxyProtocol`, only one whose PROXY
+   * header carried `source` (the client this request is for).
+   */
+  takeIdle(source?: ProxyAddresses): Connection | undefined {
+    const idle = this.#idle;
+    if (this.options.proxyProtocol === undefined) {
+      let conn = idle.pop();
+      // One opened with a PROXY header before a reload turned it off speaks for its client only.
+      while (conn?.origin !== undefined) {
+        this.discard(conn);
+        conn = idle.pop();
+      }
+      if (conn) conn.idle = false;
+      return conn;
+    }
+    const origin = originOf(source);
+    for (let i = idle.length - 1; i >= 0; i--) {
+      const conn = idle[i];
+      if (conn.origin !== origin) continue;
+      idle.splice(i, 1);
+      conn.idle = false;
+      return conn;
+    }
+    return undefined;
   }
 
-  /** Opens a new connection, failing with an `UpstreamError("connect")`. */
-  async connect(): Promise<Connection> {
+  /**
+   * Opens a new connection, failing with an `UpstreamError("connect")`. With `proxyProtocol`,
+   * writes the PROXY header for `source` first (before TLS, as the spec wants).
+   */
+  async connect(source?: ProxyAddresses): Promise<Connection> {
     const { hostname, port } = this;
     const timeout = this.options.connectTimeout;
+    const proxy = this.options.proxyProtocol;
     const signal = AbortSignal.timeout(timeout);
     let raw: Deno.Conn;
     try {
-      if (this.tls) {
+      if (this.tls && proxy === undefined) {
         raw = await withTimeout(Deno.connectTls({ hostname, port }), signal);
       } else {
         const tcp = await Deno.connect({ hostname, port, signal });
         tcp.setNoDelay(true);
         raw = tcp;
+        if (proxy !== undefined) {
+          try {
+            // Under 110 bytes on a fresh socket: one segment, written at once (spec §2).
+            const ends = source ?? (proxy === "v1" ? ownEnds(tcp) : undefined);
+            const header = proxy === "v1" ? encodeProxyV1(ends) : encodeProxyV2(ends);
+            for (let n = 0; n < header.length;) n += await tcp.write(header.subarray(n));
+            if (this.tls) raw = await withTimeout(Deno.startTls(tcp, { hostname }), signal);
+          } catch (err) {
+            tcp.close();
+            throw err;
+          }
+        }
       }
     } catch (err) {
       throw new UpstreamError(
@@ -56,7 +111,9 @@ export class ConnectionPool {
     }
     this.open++;
     // Room for a response head and a small body in one read, so the body can go out whole.
-    return new Connection(raw, this.#discardConn, 16 * 1024);
+    const conn = new Connection(raw, this.#discardConn, 16 * 1024);
+    if (proxy !== undefined) conn.origin = originOf(source);
+    return conn;
   }
 
   /** Returns a connection after a complete exchange so the next request can reuse it. */
@@ -114,6 +171,15 @@ export class ConnectionPool {
     Deno.unrefTimer(id);
     return id;
   }
+}
+
+/** A connection's own ends as PROXY addresses: what a v1 header says for a health probe. */
+function ownEnds(tcp: Deno.TcpConn): ProxyAddresses {
+  const local = tcp.localAddr as Deno.NetAddr, remote = tcp.remoteAddr as Deno.NetAddr;
+  return {
+    source: { ip: local.hostname, port: local.port },
+    destination: { ip: remote.hostname, port: remote.port },
+  };
 }
 
 function withTimeout<T extends Deno.Conn>(pending: Promise<T>, signal: AbortSignal): Promise<T> {

@@ -9,6 +9,7 @@ export class RequestBody {
   #overflow = false;
   #ended = false;
   #failed = false;
+  #error: unknown;
   /** The read in progress, shared so an abandoned attempt and its retry never read concurrently. */
   #reading: Promise<Uint8Array | null> | undefined;
 
@@ -21,9 +22,29 @@ export class RequestBody {
     return this.#failed;
   }
 
+  /** Why reading the client's body failed. */
+  get error(): unknown {
+    return this.#error;
+  }
+
+  /** The client's body failed because it grew past `limits.maxBodySize`. */
+  get tooLarge(): boolean {
+    return (this.#error as Error | undefined)?.name === "BodyTooLarge";
+  }
+
   /** Whether the body can be sent again from its first byte. */
   rewind(): boolean {
     return !this.#overflow;
+  }
+
+  /**
+   * Reads ahead until the body has ended or more than `limit` bytes are held (request
+   * buffering); throws when the client's body fails.
+   */
+  async prefetch(limit: number): Promise<void> {
+    while (!this.#ended && !this.#overflow && this.#keptBytes <= limit) {
+      await (this.#reading ??= this.#read());
+    }
   }
 
   /** The body's chunks from the start: kept bytes first, then the rest of the client's stream. */
@@ -50,6 +71,7 @@ export class RequestBody {
         next = await this.#reader.read();
       } catch (err) {
         this.#failed = true;
+        this.#error = err;
         throw err;
       }
       const { value, done } = next;

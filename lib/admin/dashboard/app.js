@@ -477,19 +477,55 @@ function render() {
   });
 
   const list = $("backends");
-  const rows = new Map([...list.children].map((row) => [row.dataset.backend, row]));
+  const rows = new Map(
+    [...list.children].map((row) => [`${row.dataset.pool}/${row.dataset.backend}`, row]),
+  );
   let previous = null;
+  const pooled = (status.pools || []).length > 1;
   for (const b of status.backends) {
-    let row = rows.get(b.id);
-    rows.delete(b.id);
-    if (!row) row = createRow(b.id);
+    const key = `${b.pool}/${b.id}`;
+    let row = rows.get(key);
+    rows.delete(key);
+    if (!row) row = createRow(b.pool, b.id);
     const next = previous ? previous.nextSibling : list.firstChild;
     if (row !== next) list.insertBefore(row, next);
-    updateRow(row, b, summary.backends[b.id], history.backends[b.id]);
+    updateRow(row, b, summary.backends[key], history.backends[key], pooled);
     previous = row;
   }
   for (const row of rows.values()) row.remove();
   $("empty").hidden = status.backends.length > 0;
+  renderRoutes(status.routes || []);
+}
+
+/** The route table, first match first; hidden without `routes:`. */
+function renderRoutes(routes) {
+  const section = $("routes");
+  section.hidden = routes.length === 0;
+  const list = $("route-list");
+  const text = (r) => {
+    const c = r.conditions;
+    const parts = [];
+    if (c.host) parts.push(`host ${[].concat(c.host).join(", ")}`);
+    if (c.path) parts.push(`${c.exact ? "path =" : "path"} ${c.path}`);
+    if (c.methods) parts.push(c.methods.join(" "));
+    if (c.headers) parts.push(Object.entries(c.headers).map(([k, v]) => `${k}: ${v}`).join(", "));
+    if (c.clientIp) parts.push(`from ${[].concat(c.clientIp).join(", ")}`);
+    const a = r.action;
+    const action = a.pool !== undefined
+      ? `→ pool ${a.pool}`
+      : a.redirect
+      ? `→ ${a.redirect.status} ${a.redirect.to}`
+      : `→ respond ${a.respond.status}`;
+    return `${r.label}: ${parts.length ? parts.join(" · ") : "every request"} ${action}`;
+  };
+  const lines = routes.map(text);
+  if (lines.join("\n") === list.dataset.shown) return;
+  list.dataset.shown = lines.join("\n");
+  list.replaceChildren(...lines.map((line) => {
+    const li = document.createElement("li");
+    li.textContent = line;
+    return li;
+  }));
 }
 
 /** Five-minute context under the headline numbers. */
@@ -535,23 +571,27 @@ function renderCounts(backends) {
   if (!backends.length) box.textContent = "none";
 }
 
-function createRow(id) {
+function createRow(pool, id) {
   const row = $("row-template").content.firstElementChild.cloneNode(true);
+  row.dataset.pool = pool;
   row.dataset.backend = id;
   for (const button of row.querySelectorAll("button[data-action]")) {
-    button.addEventListener("click", () => act(row.dataset.backend, button.dataset.action, button));
+    button.addEventListener("click", () => act(pool, id, button.dataset.action, button));
   }
   return row;
 }
 
-function updateRow(row, b, s, cols) {
+function updateRow(row, b, s, cols, pooled) {
   row.dataset.state = b.state;
   row.dataset.drained = b.drained === undefined ? "" : String(b.drained);
   const q = (sel) => row.querySelector(sel);
   q(".pill").textContent = LABELS[b.state] || b.state;
   q(".id").textContent = b.id;
   q(".id").title = b.id;
-  q(".url").textContent = b.url === `http://${b.id}` ? "" : b.url;
+  const where = [pooled ? `pool ${b.pool}` : "", b.source && b.source !== "config" ? b.source : ""]
+    .filter(Boolean).join(" · ");
+  const url = b.url === `http://${b.id}` ? "" : b.url;
+  q(".url").textContent = [where, url].filter(Boolean).join(" · ");
   q(".url").hidden = q(".url").textContent === "";
 
   let reason = b.reason;
@@ -608,11 +648,12 @@ function updateRow(row, b, s, cols) {
 
 const PAST = { drain: "Draining", enable: "Enabled", disable: "Disabled" };
 
-async function act(id, action, button) {
+async function act(pool, id, action, button) {
   button.dataset.busy = "1";
   button.disabled = true;
   try {
-    const res = await fetch(`api/backends/${encodeURIComponent(id)}/${action}`, {
+    const path = `api/pools/${encodeURIComponent(pool)}/backends/${encodeURIComponent(id)}`;
+    const res = await fetch(`${path}/${action}`, {
       method: "POST",
       headers: authHeaders(),
     });

@@ -12,11 +12,13 @@ import { type Balancer, startBalancer } from "./lib/balancer.ts";
 import {
   type Config,
   ConfigError,
+  ConfigFileError,
   configWarnings,
   formatConfig,
   loadConfig,
   type Overrides,
 } from "./lib/config.ts";
+import { configFiles } from "./lib/config_files.ts";
 import { Logger } from "./lib/log.ts";
 
 /** The version printed by `--version`. */
@@ -39,7 +41,8 @@ Usage: sluice [options]
       --log-level LEVEL      debug, info, warn, error (default info)
       --log-format FORMAT    text or json (default text)
       --check                validate the config, print it (or every error), and exit 0 or 1
-      --watch                reload the config file when it changes (SIGHUP always reloads)
+      --watch                reload when the config file or a file it names (hooks,
+                             certificates) changes (SIGHUP always reloads)
   -h, --help                 show this help
   -V, --version              show the version
 
@@ -104,6 +107,10 @@ export async function main(args: string[]): Promise<number> {
   try {
     config = await loadConfig(path, overrides);
   } catch (err) {
+    if (err instanceof ConfigFileError) {
+      console.error(`sluice: cannot read the configuration file:\n${err.problems[0]}`);
+      return 1;
+    }
     if (!(err instanceof ConfigError)) throw err;
     console.error(`sluice: invalid configuration${path ? ` in ${path}` : ""}:`);
     for (const problem of err.problems) console.error(problem);
@@ -116,6 +123,19 @@ export async function main(args: string[]): Promise<number> {
   }
 
   const log = new Logger(config.log.level, config.log.format);
+  // An error no request awaited (a hook's timer, say) is logged; it must not end the balancer.
+  globalThis.addEventListener("error", (event) => {
+    event.preventDefault();
+    log.error("uncaught error; still serving", {
+      error: String((event.error as Error)?.stack ?? event.message),
+    });
+  });
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    event.preventDefault();
+    log.error("unhandled promise rejection; still serving", {
+      error: String((event.reason as Error)?.stack ?? event.reason),
+    });
+  });
   // Listen for SIGHUP before anything starts: its default action would end the process.
   let onHangup = () => void (hangupEarly = true);
   let hangupEarly = false;
@@ -139,7 +159,10 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
 
-  const reload = async (why: string) => {
+  // One reload at a time: a SIGHUP during a --watch reload waits for it.
+  let reloading = Promise.resolve();
+  const reload = (why: string) => reloading = reloading.then(() => reloadOnce(why));
+  const reloadOnce = async (why: string) => {
     if (!path) {
       log.warn(`${why}: no --config file to reload`);
       return;
@@ -152,7 +175,9 @@ export async function main(args: string[]): Promise<number> {
       log.info(`configuration reloaded (${why})`, { version: balancer.version });
     } catch (err) {
       balancer.stats.reloads.inc(["failure"]);
-      const problems = err instanceof ConfigError ? err.problems : [String(err)];
+      const problems = err instanceof ConfigError
+        ? err.problems
+        : [(err as Error).message ?? String(err)];
       log.error(`configuration rejected (${why}); keeping the previous one`);
       for (const problem of problems) log.error(`invalid configuration: ${problem}`);
     }
@@ -172,17 +197,33 @@ export async function main(args: string[]): Promise<number> {
   let watcher: Deno.FsWatcher | undefined;
   let debounce: ReturnType<typeof setTimeout> | undefined;
   if (flags.watch && path) {
-    // Watch the directory: editors and ConfigMaps replace the file by renaming over it.
+    // Watch the folders of the config file and of every file it names (hooks, certificates):
+    // editors and ConfigMaps replace a file by renaming over it. When a reload changes the
+    // set of files, the watcher follows.
     const file = resolve(path);
-    watcher = Deno.watchFs(dirname(file), { recursive: false });
-    (async () => {
-      for await (const event of watcher!) {
-        if (!event.paths.some((p) => p === file || basename(p).startsWith(".."))) continue;
-        // Editors write in several steps; reload once they are done.
-        clearTimeout(debounce);
-        debounce = setTimeout(() => reload("file changed"), 200);
-      }
-    })();
+    const watch = () => {
+      const files = new Set([file, ...configFiles(balancer.config)]);
+      const w = Deno.watchFs([...new Set([...files].map((f) => dirname(f)))], {
+        recursive: false,
+      });
+      watcher = w;
+      (async () => {
+        for await (const event of w) {
+          if (!event.paths.some((p) => files.has(p) || basename(p).startsWith(".."))) continue;
+          // Editors write in several steps; reload once they are done.
+          clearTimeout(debounce);
+          debounce = setTimeout(async () => {
+            await reload("file changed");
+            const now = new Set([file, ...configFiles(balancer.config)]);
+            if (watcher === w && [...now].some((f) => !files.has(f))) {
+              w.close();
+              watch();
+            }
+          }, 200);
+        }
+      })();
+    };
+    watch();
   }
 
   await balancer.finished;

@@ -1,6 +1,6 @@
 /** The access log: one line per request, JSON or Apache/nginx "combined", to stdout or a file. */
 import { LineWriter } from "./log.ts";
-import type { RequestRecord } from "./proxy.ts";
+import type { ProxyObserver, RequestRecord } from "./proxy.ts";
 
 /** Settings of `accessLog:`. */
 export interface AccessLogOptions {
@@ -82,15 +82,28 @@ export function combinedLine(r: RequestRecord): string {
   }`;
 }
 
+/** Where formatted lines go: a file or stdout, or (in a worker) the thread that writes them. */
+export interface LineSink {
+  write(line: string): void;
+  close(): Promise<void>;
+}
+
 /** Writes access log lines without blocking the request path. */
 export class AccessLog {
-  readonly #writer: LineWriter;
+  readonly #writer: LineSink;
   readonly #format: (r: RequestRecord) => string;
 
-  constructor(readonly options: AccessLogOptions) {
-    this.#writer = new LineWriter(options.path);
+  constructor(readonly options: AccessLogOptions, sink?: LineSink) {
+    this.#writer = sink ?? new LineWriter(options.path);
     this.#format = options.format === "combined" ? combinedLine : jsonLine;
   }
+
+  /** The observer that logs every finished request. */
+  readonly observer: ProxyObserver = {
+    request: (r) => this.write(r),
+    upstreamError() {},
+    retry() {},
+  };
 
   /** Logs one finished request. */
   write(record: RequestRecord): void {

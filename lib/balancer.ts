@@ -1,10 +1,19 @@
 /**
  * The control plane: owns the configuration, the pools and their backends' state, health
- * checks, outlier decisions, reload and shutdown, and runs the request path (the data plane)
- * on the listeners.
+ * checks, DNS discovery, outlier decisions, reload and shutdown. The request path (the data
+ * plane) runs on the main thread with `workers: 1`, or in N worker threads that share the
+ * listeners' ports, read the pools from snapshots and share counters in memory.
  */
 import { AccessLog } from "./access_log.ts";
-import { cidrMatcher } from "./cidr.ts";
+import {
+  applyListenerSettings,
+  backendOptions,
+  buildTable,
+  hooksOf,
+  openListeners,
+  poolRuntime,
+  updateRuntime,
+} from "./assemble.ts";
 import {
   type BackendConfig,
   type Config,
@@ -12,23 +21,21 @@ import {
   listenersOf,
   type PoolConfig,
 } from "./config.ts";
-import { DataPlane, type Table } from "./dataplane.ts";
+import { DataPlane } from "./dataplane.ts";
+import { applyEndpoints, drainAway } from "./discovery/apply.ts";
+import { type Discovery, type DnsTarget, startDiscovery } from "./discovery/mod.ts";
 import { HealthChecker } from "./health.ts";
-import { type Hooks, loadHooks } from "./hooks.ts";
-import type { Logger } from "./log.ts";
-import { formatHost } from "./net.ts";
-import { OutlierDetector, PassiveHealth } from "./outlier.ts";
+import type { Server } from "./listener/server.ts";
+import { LineWriter, type Logger } from "./log.ts";
+import { backendId, formatHost } from "./net.ts";
+import { OutlierDetector } from "./outlier.ts";
 import { type Backend, Pool } from "./pool.ts";
-import { type ClientTimeouts, serve, type Server } from "./listener/server.ts";
-import type { PoolRuntime, PoolSettings, ProxyObserver, RequestRecord } from "./proxy.ts";
-import { SlotQueue } from "./queue.ts";
-import { RetryBudget } from "./retry_budget.ts";
+import type { PoolRuntime, ProxyObserver, RequestRecord } from "./proxy.ts";
 import { Router } from "./router.ts";
-import { createSelector } from "./select/mod.ts";
-import { sticky } from "./select/sticky.ts";
 import { SharedCounters } from "./shared.ts";
 import { Stats } from "./stats.ts";
-import { backendId } from "./net.ts";
+import { WorkerGroup } from "./workers/group.ts";
+import type { PoolSnapshots, Setup } from "./workers/messages.ts";
 
 /** A pool and the control plane's work on it. */
 export interface PoolControl {
@@ -36,7 +43,7 @@ export interface PoolControl {
   config: PoolConfig;
   readonly health: HealthChecker;
   readonly outlier: OutlierDetector;
-  /** The request path's view: settings, budget, queue. */
+  /** The main thread's request path over this pool (with `workers: 1`). */
   readonly runtime: PoolRuntime;
 }
 
@@ -46,6 +53,8 @@ export interface Balancer {
   readonly addr: Deno.NetAddr;
   /** Every traffic listener's address, in `listen` order. */
   readonly addrs: readonly Deno.NetAddr[];
+  /** Worker threads serving traffic (1: the main thread serves it). */
+  readonly workers: number;
   /** Every pool, in configuration order. */
   readonly pools: ReadonlyMap<string, PoolControl>;
   /** The default pool (top-level `backends`), or the first pool. */
@@ -63,6 +72,10 @@ export interface Balancer {
   readonly ready: boolean;
   /** Adds a listener told about every finished request, upstream failure and retry; returns its remover. */
   addObserver(observer: ProxyObserver): () => void;
+  /** Gathers every worker's metrics into `stats` (nothing to do with one worker). */
+  collect(): Promise<void>;
+  /** Resolves once every worker has seen the pools' current state (admin changes). */
+  sync(): Promise<void>;
   /** Applies a validated config: pools, routes, backends and settings swapped atomically. */
   reload(config: Config): Promise<void>;
   /** Adds a backend at run time. Throws if its id or URL exists in the pool. */
@@ -71,19 +84,19 @@ export interface Balancer {
   removeBackend(id: string, pool?: string): boolean;
   /** Stops new requests to a backend; resolves when its last in-flight request ends. */
   drain(id: string, pool?: string): Promise<void>;
-  /** Returns a drained or disabled backend to service. */
-  enable(id: string, pool?: string): void;
-  /** Takes a backend out of service at once. */
-  disable(id: string, pool?: string): void;
-  /** Changes a backend's weight. */
-  setWeight(id: string, weight: number, pool?: string): void;
+  /** Returns a drained or disabled backend to service; resolves once every worker has it. */
+  enable(id: string, pool?: string): Promise<void>;
+  /** Takes a backend out of service at once; resolves once every worker has stopped using it. */
+  disable(id: string, pool?: string): Promise<void>;
+  /** Changes a backend's weight; resolves once every worker uses it. */
+  setWeight(id: string, weight: number, pool?: string): Promise<void>;
   /** Stops accepting, waits for in-flight requests (up to timeouts.drain), then stops everything. */
   shutdown(): Promise<void>;
   /** Resolves once the balancer has stopped. */
   readonly finished: Promise<void>;
 }
 
-/** Thrown by admin operations on a backend id (or pool) that does not exist. */
+/** Thrown by admin operations on a backend id that does not exist. */
 export class UnknownBackend extends Error {
   constructor(id: string, pool?: string) {
     super(
@@ -101,38 +114,29 @@ export class UnknownPool extends Error {
   }
 }
 
-function poolSettings(config: PoolConfig, pool: Pool): PoolSettings {
-  const selector = createSelector(pool, config);
-  return {
-    selector: config.sticky ? sticky(selector, () => pool.backends) : selector,
-    retries: config.retries,
-    retryOn: new Set(config.retryOn),
-    responseTimeout: config.timeouts.response,
-    sticky: config.sticky,
-  };
+/** The number of worker threads `workers:` asks for. */
+export function workerCount(setting: number | "auto"): number {
+  return setting === "auto" ? Math.max(1, navigator.hardwareConcurrency || 1) : setting;
 }
 
-function clientTimeouts(config: Config): ClientTimeouts {
-  const { clientHeader, clientIdle, client } = config.timeouts;
-  return { header: clientHeader, idle: clientIdle, client };
-}
-
-function requestLimits(config: Config) {
-  const l = config.limits;
-  return {
-    maxHeaderBytes: l.maxHeaderBytes,
-    maxHeaders: l.maxHeaders,
-    maxUriLength: l.maxUriLength,
-    maxBodySize: l.maxBodySize ?? Infinity,
-  };
+/** Whether Deno runs with `--unstable-net` (needed to share a port between threads). */
+function unstableNet(): boolean {
+  return typeof (Deno as unknown as Record<string, unknown>).listenDatagram === "function";
 }
 
 /** Starts the traffic listeners, health checks and background work for `config`. */
 export async function startBalancer(config: Config, log: Logger): Promise<Balancer> {
+  const workers = workerCount(config.workers);
+  if (workers > 1 && !unstableNet()) {
+    throw new Error(
+      `workers: ${config.workers} needs Deno's --unstable-net flag to share ports between ` +
+        `threads (deno.json sets it: "unstable": ["net"]), or workers: 1`,
+    );
+  }
   const counters = new SharedCounters();
   let current = config;
   let version = 1;
-  let hooksVersion = 0;
+  let hooksVersion = 1;
   const pools = new Map<string, PoolControl>();
   const stats = new Stats(() => [...pools.values()].map((c) => c.pool), () => version);
 
@@ -145,91 +149,158 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
     const outlier = new OutlierDetector(pool, pc.outlier, log);
     outlier.onEject = (b) => stats.ejections.inc([pool.name, b.id]);
     const health = new HealthChecker(pool, pc.health, log, outlier);
-    const runtime: PoolRuntime = {
-      pool,
-      settings: poolSettings(pc, pool),
-      budget: new RetryBudget(pc.retryBudget, counters.poolInts, pool.slot),
-      queue: new SlotQueue(
-        pc.limits.maxPending,
-        pc.limits.queueTimeout,
-        counters.poolInts,
-        pool.slot,
-      ),
-      passive: new PassiveHealth(
-        pc.outlier.consecutiveFailures,
-        (b, cause) => outlier.eject(b, cause),
-      ),
-    };
+    const runtime = poolRuntime(pc, pool, counters, (b, cause) => outlier.eject(b, cause));
+    pool.watch(publish);
+    pool.settled = () => group ? group.snapshot(snapshots()) : Promise.resolve();
     return { pool, config: pc, health, outlier, runtime };
   };
-  for (const pc of config.pools) pools.set(pc.name, makePool(pc, true));
 
-  const loadTable = async (next: Config, previous?: Table): Promise<Table> => {
-    let hooks: Hooks | undefined;
-    if (next.hooks) hooks = await loadHooks(next.hooks, ++hooksVersion);
-    return {
-      router: new Router(next.routes, next.pools[0]?.name ?? DEFAULT_POOL, previous?.router),
-      pools: new Map([...pools].map(([name, c]) => [name, c.runtime])),
-      hooks,
-      trusted: cidrMatcher(next.trustedProxies),
-      retryBuffer: next.retryBuffer,
-      requestBuffering: next.requestBuffering,
-    };
-  };
-
+  // Observers: metrics first, then added ones (the dashboard), then the access log.
   let accessLog = config.accessLog ? new AccessLog(config.accessLog) : undefined;
   const extra: ProxyObserver[] = [];
-  const accessObserver: ProxyObserver = {
-    request: (r: RequestRecord) => accessLog?.write(r),
-    upstreamError() {},
-    retry() {},
-  };
   let observers: readonly ProxyObserver[] = [];
   const listen = () => {
-    // Metrics first, then added observers, then the access log.
-    observers = [stats, ...extra, ...(accessLog ? [accessObserver] : [])];
+    observers = [stats, ...extra, ...(accessLog ? [accessLog.observer] : [])];
   };
   listen();
+  // With worker threads, they format the access log and this thread writes it.
+  let accessWriter = workers > 1 && config.accessLog
+    ? new LineWriter(config.accessLog.path)
+    : undefined;
 
-  const dataPlane = new DataPlane(await loadTable(config), { log, observers: () => observers });
-
-  const servers: Server[] = [];
-  const trusted = () => cidrMatcher(current.trustedProxies);
-  try {
-    for (const l of listenersOf(config)) {
-      if (l.tls) throw new Error("TLS listeners are not available yet");
-      servers.push(serve({
-        hostname: l.host,
-        port: l.port,
-        timeouts: clientTimeouts(config),
-        limits: requestLimits(config),
-        proxyProtocol: l.proxyProtocol,
-        trusted: trusted(),
-        handler: dataPlane.handle,
-        onError(err) {
-          log.error("request handling failed", { error: String(err) });
-        },
-      }));
-    }
-  } catch (err) {
-    for (const s of servers) s.close();
-    throw listenError(err, listenersOf(config)[servers.length]);
+  // ------------------------------------------------------------ worker threads
+  let group: WorkerGroup | undefined;
+  let router: Router | undefined; // the workers' rate-limit tables live in its limiters
+  const snapshots = (): PoolSnapshots =>
+    Object.fromEntries(
+      [...pools].map(([name, c]) => [name, { slot: c.pool.slot, snapshot: c.pool.snapshot() }]),
+    );
+  const setupOf = (next: Config): Setup => ({
+    config: next,
+    pools: snapshots(),
+    limiters: router?.limiterBuffers() ?? [],
+    hooksVersion,
+    configVersion: version,
+  });
+  let publishing = false;
+  function publish(): void {
+    if (!group || publishing) return;
+    publishing = true;
+    setTimeout(() => {
+      publishing = false;
+      group?.snapshot(snapshots());
+    }, 0);
   }
-  const addrs = servers.map((s) => s.addr);
-  stats.clientConnections = () => servers.reduce((n, s) => n + s.connections, 0);
+
+  for (const pc of config.pools) pools.set(pc.name, makePool(pc, true));
+
+  let dataPlane: DataPlane | undefined;
+  let servers: Server[] = [];
+  let addrs: Deno.NetAddr[];
+  const hooks = await hooksOf(config, hooksVersion);
+  if (workers === 1) {
+    dataPlane = new DataPlane(buildTable(config, { runtimes: runtimesOf(pools), hooks }), {
+      log,
+      observers: () => observers,
+    });
+    servers = openListeners(config, dataPlane.handle, log);
+    addrs = servers.map((s) => s.addr);
+    stats.clientConnections = () => servers.reduce((n, s) => n + s.connections, 0);
+  } else {
+    router = new Router(config.routes, config.pools[0]?.name ?? DEFAULT_POOL);
+    group = new WorkerGroup(workers, counters, () => setupOf(current), {
+      streak(poolName, slot, cause) {
+        const c = pools.get(poolName);
+        const backend = c?.pool.backends.find((b) => b.slot === slot);
+        if (backend) c!.outlier.eject(backend, cause);
+        // The worker took the backend out of its own rotation: this confirms or undoes that.
+        publish();
+      },
+      access: (text) => accessWriter?.write(text),
+      log: (line) => log.line(line),
+      crashed: (index) => stats.workerCrashes.inc([String(index)]),
+      samples(keys, data) {
+        if (!extra.length) return;
+        const records = keys.map((key) => {
+          const [pool, route, id] = key.split("\0");
+          return {
+            pool,
+            route,
+            backend: pools.get(pool)?.pool.get(id) ?? (id ? { id } : undefined),
+          };
+        });
+        for (let i = 0; i < data.length; i += 4) {
+          const r = {
+            ...records[data[i]],
+            durationMs: data[i + 1],
+            status: data[i + 2],
+            error: data[i + 3] ? "failed" : undefined,
+          } as unknown as RequestRecord;
+          for (const o of extra) o.request(r);
+        }
+      },
+    }, log);
+    let ports: number[];
+    try {
+      ports = await group.start();
+    } catch (err) {
+      await group.close();
+      throw err;
+    }
+    for (let i = 0; i < workers; i++) stats.workerCrashes.inc([String(i)], 0);
+    addrs = listenersOf(config).map((l, i) => ({
+      hostname: l.host,
+      port: ports[i],
+      transport: "tcp" as const,
+    }));
+  }
   for (const addr of addrs) {
     log.info(`sluice listening on http://${formatHost(addr.hostname)}:${addr.port}`, {
       strategy: config.pools[0]?.strategy,
       pools: pools.size,
       backends: [...pools.values()].reduce((n, c) => n + c.pool.backends.length, 0),
+      ...(workers > 1 ? { workers } : {}),
     });
   }
   for (const c of pools.values()) c.health.sync();
 
+  // ------------------------------------------------------------ DNS discovery
+  type Target = DnsTarget & { pool: string; entry: BackendConfig };
+  const targetsOf = (next: Config): Target[] =>
+    next.pools.flatMap((pc) =>
+      pc.backends.filter((b) => b.dns !== undefined).map((entry) => ({
+        dns: entry.dns!,
+        port: entry.port,
+        type: entry.type ?? "A",
+        pool: pc.name,
+        entry,
+      }))
+    );
+  const discover = (next: Config): Discovery<Target> | undefined => {
+    const targets = targetsOf(next);
+    if (!targets.length) return undefined;
+    return startDiscovery(targets, {
+      interval: next.discovery.interval,
+      nameServer: next.discovery.nameServer,
+      onUpdate(t, endpoints) {
+        const c = pools.get(t.pool);
+        if (!c) return;
+        applyEndpoints(c.pool, `dns: ${t.dns}`, t.entry, endpoints, log, () => c.health.sync());
+      },
+      onError(t, err) {
+        stats.discoveryErrors.inc([t.pool, t.dns]);
+        log.warn(`discovery of ${t.dns} failed, keeping the last answer: ${err.message}`, {
+          pool: t.pool,
+        });
+      },
+    });
+  };
+  let discovery = discover(config);
+  let discoveryKey = JSON.stringify([targetsOf(config), config.discovery]);
+
   let draining = false;
   let healthyOnce = false;
-  const firstRound = Promise.all([...pools.values()].map((c) => c.health.firstRound));
-  firstRound.then(() => healthyOnce = true);
+  Promise.all([...pools.values()].map((c) => c.health.firstRound)).then(() => healthyOnce = true);
 
   const control = (pool?: string): PoolControl => {
     if (pool === undefined) return [...pools.values()][0];
@@ -249,6 +320,7 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
   const balancer: Balancer = {
     addr: addrs[0],
     addrs,
+    workers,
     pools,
     get pool() {
       return control().pool;
@@ -269,14 +341,21 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
         [...pools.values()].some((c) => c.pool.backends.some((b) => b.available));
     },
     startedAt: stats.startedAt,
-    finished: Promise.race([
-      Promise.all(servers.map((s) => s.finished)).then(() => {}),
-      stopped.promise,
-    ]),
+    finished: workers === 1
+      ? Promise.race([Promise.all(servers.map((s) => s.finished)).then(() => {}), stopped.promise])
+      : stopped.promise,
+
+    async collect() {
+      if (group) stats.setMerged(await group.collect());
+    },
+    async sync() {
+      if (group) await group.snapshot(snapshots());
+    },
 
     async reload(next: Config) {
-      // Everything that can fail comes first, so a rejected reload changes nothing.
-      const table = await loadTable(next, dataPlane.table);
+      // What can fail comes first, so a rejected reload changes nothing.
+      const nextHooks = await hooksOf(next, hooksVersion + 1);
+      hooksVersion++;
       for (const pc of next.pools) {
         const c = pools.get(pc.name);
         if (c) reconcilePool(c, pc, log);
@@ -297,30 +376,53 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
         Promise.all(c.pool.backends.map((b) => b.idle())).then(() => c.pool.close());
         log.info(`pool ${name} removed`);
       }
-      for (const s of servers) {
-        s.timeouts = clientTimeouts(next);
-        s.limits = requestLimits(next);
-        s.trusted = cidrMatcher(next.trustedProxies);
+      const key = JSON.stringify([targetsOf(next), next.discovery]);
+      if (key !== discoveryKey) {
+        await discovery?.stop();
+        discovery = discover(next);
+        discoveryKey = key;
+        // Backends of dns entries that are gone from the file drain away.
+        const sources = new Set(targetsOf(next).map((t) => `${t.pool}\0dns: ${t.dns}`));
+        for (const c of pools.values()) {
+          for (const b of c.pool.backends) {
+            if (b.source && !sources.has(`${c.pool.name}\0${b.source}`)) {
+              drainAway(c.pool, b, "its dns entry was removed", log, () => c.health.sync());
+            }
+          }
+        }
       }
       log.configure(next.log.level, next.log.format);
       if (JSON.stringify(next.accessLog) !== JSON.stringify(current.accessLog)) {
-        const old = accessLog;
-        accessLog = next.accessLog ? new AccessLog(next.accessLog) : undefined;
-        old?.close();
+        const [oldLog, oldWriter] = [accessLog, accessWriter];
+        if (group) accessWriter = next.accessLog ? new LineWriter(next.accessLog.path) : undefined;
+        else accessLog = next.accessLog ? new AccessLog(next.accessLog) : undefined;
+        oldLog?.close();
+        oldWriter?.close();
         listen();
       }
-      dataPlane.table = { ...table, pools: new Map([...pools].map(([n, c]) => [n, c.runtime])) };
-      if (JSON.stringify(next.listen) !== JSON.stringify(current.listen)) {
-        log.warn("listen address changes take effect after a restart");
-      }
-      if (JSON.stringify(next.admin) !== JSON.stringify(current.admin)) {
-        log.warn("admin listener changes take effect after a restart");
-      }
-      if (next.workers !== current.workers) {
-        log.warn("workers changes take effect after a restart");
-      }
+      const previous = current;
       current = next;
       version++;
+      if (dataPlane) {
+        dataPlane.table = buildTable(next, {
+          runtimes: runtimesOf(pools),
+          hooks: nextHooks,
+          previous: dataPlane.table,
+        });
+        applyListenerSettings(servers, next);
+      } else {
+        router = new Router(next.routes, next.pools[0]?.name ?? DEFAULT_POOL, router);
+        await group!.reload(setupOf(next));
+      }
+      if (JSON.stringify(next.listen) !== JSON.stringify(previous.listen)) {
+        log.warn("listen address changes take effect after a restart");
+      }
+      if (JSON.stringify(next.admin) !== JSON.stringify(previous.admin)) {
+        log.warn("admin listener changes take effect after a restart");
+      }
+      if (next.workers !== previous.workers) {
+        log.warn("workers changes take effect after a restart");
+      }
     },
 
     addObserver(observer) {
@@ -347,9 +449,10 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
       log.info(`backend ${backend.url} removed`, { pool: c.pool.name });
       return true;
     },
-    drain(id, pool) {
+    async drain(id, pool) {
       const [backend, c] = find(id, pool);
       c.pool.setAdmin(backend, "draining", "draining by operator");
+      await c.pool.settled();
       log.info(`backend ${backend.url} is draining`, {
         pool: c.pool.name,
         inflight: backend.inflight,
@@ -363,14 +466,17 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
     enable(id, pool) {
       const [backend, c] = find(id, pool);
       c.pool.setAdmin(backend, "enabled", "enabled by operator");
+      return c.pool.settled();
     },
     disable(id, pool) {
       const [backend, c] = find(id, pool);
       c.pool.setAdmin(backend, "disabled", "disabled by operator");
+      return c.pool.settled();
     },
     setWeight(id, weight, pool) {
       const [backend, c] = find(id, pool);
       c.pool.setWeight(backend, weight);
+      return c.pool.settled();
     },
 
     shutdown() {
@@ -379,24 +485,29 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
         log.info("shutting down: draining in-flight requests", {
           timeout: `${current.timeouts.drain}ms`,
         });
+        const stopDiscovery = discovery?.stop();
         for (const c of pools.values()) {
           c.health.stop();
           c.outlier.stop();
         }
+        await stopDiscovery;
         let timer: ReturnType<typeof setTimeout> | undefined;
+        const drained = group
+          ? group.drain()
+          : Promise.all(servers.map((s) => s.shutdown())).then(() => {});
         const late = await Promise.race([
-          Promise.all(servers.map((s) => s.shutdown())).then(() => false),
+          drained.then(() => false),
           new Promise<boolean>((resolve) => {
             timer = setTimeout(() => resolve(true), current.timeouts.drain);
           }),
         ]);
         clearTimeout(timer);
-        if (late) {
-          log.warn("drain timeout reached, closing remaining connections");
-          for (const s of servers) s.close();
-        }
+        if (late) log.warn("drain timeout reached, closing remaining connections");
+        if (group) await group.close();
+        else if (late) { for (const s of servers) s.close(); }
         for (const c of pools.values()) c.pool.close();
         await accessLog?.close();
+        await accessWriter?.close();
         log.info("stopped");
         stopped.resolve();
       })();
@@ -406,13 +517,8 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
   return balancer;
 }
 
-function backendOptions(pc: PoolConfig) {
-  return {
-    maxConnections: pc.limits.maxConnections ?? Infinity,
-    idleTimeout: pc.timeouts.idle,
-    connectTimeout: pc.timeouts.connect,
-    tls: pc.tls,
-  };
+function runtimesOf(pools: ReadonlyMap<string, PoolControl>): Map<string, PoolRuntime> {
+  return new Map([...pools].map(([name, c]) => [name, c.runtime]));
 }
 
 /**
@@ -423,12 +529,7 @@ function backendOptions(pc: PoolConfig) {
 function reconcilePool(c: PoolControl, next: PoolConfig, log: Logger): void {
   const pool = c.pool;
   const previous = new Set(
-    c.config.backends.filter((b) => b.url).map((b) =>
-      backendId({
-        url: b.url!,
-        name: b.name,
-      })
-    ),
+    c.config.backends.filter((b) => b.url).map((b) => backendId({ url: b.url!, name: b.name })),
   );
   const wanted = new Map<string, BackendConfig>();
   for (const entry of next.backends) {
@@ -436,7 +537,7 @@ function reconcilePool(c: PoolControl, next: PoolConfig, log: Logger): void {
   }
   for (const b of pool.backends) {
     const entry = wanted.get(b.id);
-    // Keep what the admin API added (never in a file), unless the file now names it.
+    // Keep what the admin API added (never in a file) and what DNS found.
     if (!entry && previous.has(b.id) && b.source === undefined) {
       pool.remove(b.id);
       log.info(`backend ${b.url} removed`, { pool: pool.name });
@@ -460,34 +561,12 @@ function reconcilePool(c: PoolControl, next: PoolConfig, log: Logger): void {
     pool.setMaxConnections(existing, entry.maxConnections ?? pool.options.maxConnections);
   }
   pool.slowStart = next.slowStart;
-  pool.version++;
+  pool.touch();
   c.outlier.options = next.outlier;
-  c.runtime.passive.threshold = next.outlier.consecutiveFailures;
   c.health.configure(next.health);
   c.health.sync();
-  c.runtime.budget.options = next.retryBudget;
-  c.runtime.queue.maxPending = next.limits.maxPending;
-  c.runtime.queue.timeout = next.limits.queueTimeout;
-  c.runtime.settings = poolSettings(next, pool);
+  updateRuntime(c.runtime, next);
   c.config = next;
-}
-
-/** A listen failure that names the address and says what to do. */
-function listenError(err: unknown, l: { host: string; port: number } | undefined): Error {
-  const where = l ? `${formatHost(l.host)}:${l.port}` : "the listener";
-  if (err instanceof Deno.errors.AddrInUse) {
-    return new Error(`cannot listen on ${where}: address already in use`);
-  }
-  if (err instanceof Deno.errors.PermissionDenied) {
-    return new Error(
-      `cannot listen on ${where}: permission denied (ports below 1024 need CAP_NET_BIND_SERVICE, ` +
-        `and Deno needs --allow-net)`,
-    );
-  }
-  if (err instanceof Deno.errors.AddrNotAvailable) {
-    return new Error(`cannot listen on ${where}: address not available on this machine`);
-  }
-  return new Error(`cannot listen on ${where}: ${(err as Error).message}`);
 }
 
 export { formatHost };

@@ -8,6 +8,8 @@ import { parse as parseYaml } from "yaml";
 import { cidrMatcher } from "./cidr.ts";
 import { DURATION_PATTERN, formatDuration, MAX_DURATION, parseDuration } from "./duration.ts";
 import { backendId, isLoopback, isWildcard } from "./net.ts";
+import { normalizeName, parseNameServer } from "./discovery/names.ts";
+import { checkFiles } from "./config_files.ts";
 
 /** Selection strategies accepted by `strategy:`. */
 export const STRATEGIES = [
@@ -156,8 +158,24 @@ export const backendSchema = z.strictObject({
       ctx.addIssue({ code: "custom", path: ["tls"], message: "needs an https:// url" });
     }
   } else {
+    try {
+      normalizeName(b.dns!);
+    } catch (err) {
+      ctx.addIssue({ code: "custom", path: ["dns"], message: (err as Error).message });
+    }
     if (b.type !== "SRV" && b.port === undefined) {
-      ctx.addIssue({ code: "custom", path: ["port"], message: "is required for dns entries" });
+      ctx.addIssue({
+        code: "custom",
+        path: ["port"],
+        message: "is required for dns entries of type A, AAAA and A+AAAA",
+      });
+    }
+    if (b.type === "SRV" && b.port !== undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["port"],
+        message: "must not be set for SRV entries: the records carry the ports",
+      });
     }
     if (b.name !== undefined) {
       ctx.addIssue({
@@ -423,8 +441,13 @@ export const configSchema = z.strictObject({
     .meta({ description: "CIDRs whose X-Forwarded-For and PROXY headers are believed." }),
   discovery: z.strictObject({
     interval: duration(1000).default(30_000),
-    nameServer: z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:]+)(:\d{1,5})?$/, "must be host:port")
-      .optional().meta({ description: "DNS server as host:port; the system's if unset." }),
+    nameServer: z.string().superRefine((value, ctx) => {
+      try {
+        parseNameServer(value);
+      } catch (err) {
+        ctx.addIssue({ code: "custom", message: (err as Error).message });
+      }
+    }).optional().meta({ description: "DNS server as address:port; the system's if unset." }),
   }).prefault({}).meta({ description: "How dns backend entries are resolved." }),
   admin: z.strictObject({
     host: host.default("127.0.0.1"),
@@ -503,6 +526,14 @@ export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(problems.join("\n"));
     this.name = "ConfigError";
+  }
+}
+
+/** Thrown when the config file itself cannot be read (missing, no permission): not a config problem. */
+export class ConfigFileError extends ConfigError {
+  constructor(readonly path: string, readonly reason: string) {
+    super([`${path}: cannot read: ${reason}`]);
+    this.name = "ConfigFileError";
   }
 }
 
@@ -698,6 +729,19 @@ function crossChecks(input: unknown): string[] {
         }`,
       );
     }
+    for (const key of ["requestHeaders", "responseHeaders"]) {
+      const edits = r[key];
+      if (!isObject(edits)) continue;
+      const names = [
+        ...(isObject(edits.set) ? Object.keys(edits.set) : []),
+        ...(Array.isArray(edits.remove) ? edits.remove.filter((n) => typeof n === "string") : []),
+      ];
+      for (const n of names) {
+        if (BALANCER_HEADERS.has(n.toLowerCase())) {
+          out.push(`${at}.${key}: ${n} is framing or hop-by-hop: the balancer sets it`);
+        }
+      }
+    }
     if (r.pool === undefined) {
       for (const key of ["requestHeaders", "responseHeaders", "stripPrefix"]) {
         if (r[key] !== undefined && r[key] !== false) {
@@ -778,15 +822,33 @@ function crossChecks(input: unknown): string[] {
     });
   }
   const listens = Array.isArray(input.listen) ? input.listen : [input.listen];
+  const trusting = Array.isArray(input.trustedProxies) && input.trustedProxies.length > 0;
   listens.forEach((l, i) => {
     if (!isObject(l)) return;
     const at = Array.isArray(input.listen) ? `listen[${i}]` : "listen";
     if (l.redirectHttps !== undefined && l.tls !== undefined) {
       out.push(`${at}.redirectHttps: is for plain listeners; this one has tls`);
     }
+    if (l.proxyProtocol === true && !trusting) {
+      out.push(
+        `${at}.proxyProtocol: needs trustedProxies: the addresses allowed to send PROXY headers`,
+      );
+    }
   });
   return out;
 }
+
+/** Headers the balancer owns: routes may not set or remove them. */
+const BALANCER_HEADERS = new Set([
+  "content-length",
+  "transfer-encoding",
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "upgrade",
+]);
 
 function duplicateBackends(list: unknown, path: string, out: string[]): void {
   if (!Array.isArray(list)) return;
@@ -835,7 +897,8 @@ function hostPatternProblem(h: string): string | undefined {
 
 /** Problems worth a warning that do not stop the config: a pool no route uses. */
 export function configWarnings(config: Config): string[] {
-  if (!config.routes) return [];
+  // Hooks may choose any pool, so an unrouted pool is not a mistake then.
+  if (!config.routes || config.hooks) return [];
   const used = new Set(config.routes.map((r) => r.pool).filter((p) => p !== undefined));
   return config.pools.filter((p) => !used.has(p.name)).map((p) =>
     `${p.name === DEFAULT_POOL ? "backends" : `pools.${p.name}`}: no route uses this pool`
@@ -1002,7 +1065,7 @@ export async function readConfigFile(path: string): Promise<Record<string, unkno
   try {
     text = await Deno.readTextFile(path);
   } catch (err) {
-    throw new ConfigError([`${path}: cannot read: ${fileError(err)}`]);
+    throw new ConfigFileError(path, fileError(err));
   }
   return parseConfigText(text, path);
 }
@@ -1011,6 +1074,8 @@ export async function readConfigFile(path: string): Promise<Record<string, unkno
 export function fileError(err: unknown): string {
   return err instanceof Deno.errors.NotFound
     ? "no such file"
+    : err instanceof Deno.errors.NotCapable
+    ? "not allowed (run Deno with --allow-read)"
     : err instanceof Deno.errors.PermissionDenied
     ? "permission denied"
     : err instanceof Deno.errors.IsADirectory
@@ -1092,12 +1157,18 @@ export function applyOverrides(
   return out;
 }
 
-/** Loads the effective config: defaults, then the file (if any), then overrides. */
+/**
+ * Loads the effective config: defaults, then the file (if any), then overrides; then checks
+ * the files it names (hooks, certificates), reporting their problems like the config's own.
+ */
 export async function loadConfig(path: string | undefined, overrides: Overrides): Promise<Config> {
   const raw = path ? await readConfigFile(path) : {};
-  return validateConfig(applyOverrides(raw, overrides), {
+  const config = validateConfig(applyOverrides(raw, overrides), {
     baseDir: path ? resolve(path, "..") : Deno.cwd(),
   });
+  const problems = await checkFiles(config);
+  if (problems.length) throw new ConfigError(problems);
+  return config;
 }
 
 const DURATIONS = new Set([

@@ -5,7 +5,7 @@
  * value, swapped whole on reload: a request sees the old table or the new one, never a mix.
  */
 import { clientAddress, forwardHead } from "./forwarding.ts";
-import { derivedRequest, fromResponse, HookedRequest, type Hooks } from "./hooks.ts";
+import { derivedRequest, FRAMING, fromResponse, HookedRequest, type Hooks } from "./hooks.ts";
 import type { Logger } from "./log.ts";
 import { type ClientRequest, cookieValue, protocolOf, type Reply, textReply } from "./message.ts";
 import { Forwarder, type PoolRuntime, type ProxyObserver, type RequestRecord } from "./proxy.ts";
@@ -75,6 +75,17 @@ export class DataPlane {
     let pool: string | undefined;
     if (route) {
       record.route = route.label;
+      // Before the action: a limit on a redirect or respond route holds too.
+      if (route.rateLimit) {
+        const { limiter, key } = route.rateLimit;
+        const value = key === undefined ? ip : req.header(key);
+        const wait = value === undefined ? 0 : limiter.take(value, time);
+        if (wait > 0) {
+          const seconds = String(Math.max(1, Math.ceil(wait / 1000)));
+          const reply = textReply(429, "Too Many Requests\n", [["retry-after", seconds]]);
+          return this.#own(record, started, reply);
+        }
+      }
       const action = route.action;
       if (action.kind === "redirect") {
         return this.#own(record, started, redirect(req, action.to, action.status));
@@ -90,24 +101,17 @@ export class DataPlane {
         return this.#own(record, started, reply);
       }
       pool = action.pool;
-      if (route.rateLimit) {
-        const { limiter, key } = route.rateLimit;
-        const value = key === undefined ? ip : req.header(key);
-        const wait = value === undefined ? 0 : limiter.take(value, time);
-        if (wait > 0) {
-          const seconds = String(Math.max(1, Math.ceil(wait / 1000)));
-          const reply = textReply(429, "Too Many Requests\n", [["retry-after", seconds]]);
-          return this.#own(record, started, reply);
-        }
-      }
     }
 
+    // The route's rewrites come first: hooks see the request as the backend would, and their
+    // changes are the last word (a route's prefix is never stripped from a hook's new path).
     let request = req;
+    if (route?.strip !== undefined || route?.requestHeaders) request = rewritten(req, route);
     let state: Record<string, unknown> | undefined;
     const hooks = table.hooks;
     if (hooks?.onRequest) {
       record.requestId = requestIdOf(req);
-      const hooked = new HookedRequest(req, req.target, ip, record.requestId);
+      const hooked = new HookedRequest(request, request.target, ip, record.requestId);
       const ctx = { pool, route: record.route, requestId: record.requestId, state: {} };
       let answer: Response | void | undefined;
       try {
@@ -146,9 +150,6 @@ export class DataPlane {
     }
     record.pool = pool;
 
-    if (route?.strip !== undefined || route?.requestHeaders) {
-      request = rewritten(request, route);
-    }
     const forward = forwardHead(
       request,
       req.ip,
@@ -217,7 +218,7 @@ export class DataPlane {
       }
       const out: [string, string][] = [];
       headers.forEach((value, name) => {
-        if (name !== "set-cookie") out.push([name, value]);
+        if (name !== "set-cookie" && !FRAMING.has(name)) out.push([name, value]);
       });
       for (const cookie of headers.getSetCookie()) out.push(["set-cookie", cookie]);
       reply.headers = out;
@@ -262,7 +263,14 @@ function requestIdOf(req: ClientRequest): string {
 
 function redirect(req: ClientRequest, to: string, status: number): Reply {
   const q = req.target.indexOf("?");
-  const location = q === -1 ? to : to + (to.includes("?") ? "&" : "?") + req.target.slice(q + 1);
+  let location = to;
+  if (q !== -1) {
+    // The query goes before a fragment in `to` (after it, it would be part of the fragment).
+    const hash = to.indexOf("#");
+    const base = hash === -1 ? to : to.slice(0, hash);
+    location = base + (base.includes("?") ? "&" : "?") + req.target.slice(q + 1) +
+      (hash === -1 ? "" : to.slice(hash));
+  }
   const reply = textReply(status, `Redirecting to ${location}\n`);
   reply.headers.push(["location", location]);
   return reply;

@@ -71,12 +71,17 @@ export class HealthChecker {
     this.#loops.clear();
   }
 
-  /** Probes once now and applies the result (also used by tests and the admin API). */
+  /**
+   * Probes once now and applies the result (also used by tests and the admin API); resolves
+   * once a change of state has reached every worker thread.
+   */
   async check(backend: Backend): Promise<void> {
     const result = await this.#probe(backend);
+    const before = backend.state;
     this.#apply(backend, result);
     this.#probed(backend);
     this.onProbe?.(backend);
+    if (backend.state !== before) await this.pool.settled();
   }
 
   #probed(backend: Backend): void {

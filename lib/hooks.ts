@@ -30,9 +30,12 @@ export interface HookRequest {
   header(name: string): string | undefined;
   /** Every header line as [name, value], names as sent. */
   headers(): [string, string][];
-  /** Replaces every line of header `name` with one carrying `value`. */
+  /**
+   * Replaces every line of header `name` with one carrying `value`. Throws for an invalid name
+   * or value, and for Content-Length, Transfer-Encoding and Connection (the body's framing).
+   */
   setHeader(name: string, value: string): void;
-  /** Removes header `name`. */
+  /** Removes header `name` (not Content-Length, Transfer-Encoding or Connection: it throws). */
   removeHeader(name: string): void;
   /** Sends `path` upstream instead (the query is kept); it must start with `/`. */
   setPath(path: string): void;
@@ -54,7 +57,10 @@ export interface RequestContext {
 /** A backend response as `onResponse` sees it. */
 export interface HookResponse {
   readonly status: number;
-  /** The response's headers; changes are sent to the client. */
+  /**
+   * The response's headers; changes are sent to the client, except to Content-Length,
+   * Transfer-Encoding and Connection (the balancer frames the body).
+   */
   readonly headers: Headers;
 }
 
@@ -82,14 +88,22 @@ export interface Hooks {
   onResponse?(res: HookResponse, ctx: ResponseContext): void | Promise<void>;
 }
 
+/** Imports in this isolate so far: each import gets a URL of its own (see loadHooks). */
+let imports = 0;
+
 /** Loads the hooks module at `path` (absolute); `version` makes a reload import it afresh. */
 export async function loadHooks(path: string, version: number): Promise<Hooks> {
   let module: { default?: unknown };
-  const url = `${pathToFileURL(path).href}?v=${version}`;
+  // A module map remembers a failed import by URL and fails every later import of that URL
+  // the same way: a retry after a fix must not reuse the URL of a failed attempt, whatever
+  // `version` the caller passes.
+  const url = `${pathToFileURL(path).href}?v=${version}.${++imports}`;
   try {
     module = await import(url);
   } catch (err) {
-    const message = (err as Error).message?.split("\n")[0] ?? String(err);
+    // The versioned URL is ours, not the operator's: show the file's own.
+    const message = ((err as Error).message?.split("\n")[0] ?? String(err))
+      .replaceAll(url, pathToFileURL(path).href);
     throw new Error(`hooks: cannot load ${path}: ${message}`);
   }
   const hooks = module.default as Record<string, unknown> | undefined;
@@ -168,6 +182,7 @@ export class HookedRequest implements HookRequest {
   }
 
   removeHeader(name: string): void {
+    checkFraming(name);
     this.#copy();
     const key = name.toLowerCase();
     for (let i = this.#keys!.length - 1; i >= 0; i--) {
@@ -216,6 +231,25 @@ function checkHeader(name: string, value: string): void {
     throw new TypeError(`invalid header name: ${JSON.stringify(name)}`);
   }
   if (/[\0\r\n]/.test(value)) throw new TypeError(`invalid header value for ${name}`);
+  checkFraming(name);
+}
+
+/**
+ * Header names that neither hooks nor a route's header edits change: the message's framing is
+ * the balancer's. Dropping a request's Content-Length would send its body upstream as the start
+ * of another request (smuggled past every route); setting one on a response would send two.
+ */
+export const FRAMING: ReadonlySet<string> = new Set([
+  "content-length",
+  "transfer-encoding",
+  "connection",
+]);
+
+/** Throws for the framing headers ({@linkcode FRAMING}): they are not a hook's to change. */
+function checkFraming(name: string): void {
+  if (FRAMING.has(name.toLowerCase())) {
+    throw new TypeError(`${name} frames the request body; hooks cannot change it`);
+  }
 }
 
 /** A header's value over parallel key/value arrays (repeats joined as ClientRequest does). */

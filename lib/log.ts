@@ -13,11 +13,16 @@ export class Logger {
   #format: LogFormat;
   #write: (line: string) => void;
 
+  /** Fields added to every record (a worker thread's index). */
+  #base: Record<string, unknown> | undefined;
+
   constructor(
     level: Level = "info",
     format: LogFormat = "text",
     write: (line: string) => void = writeStderr,
+    base?: Record<string, unknown>,
   ) {
+    this.#base = base;
     this.#min = LEVELS.indexOf(level);
     this.#format = format;
     this.#write = write;
@@ -51,8 +56,14 @@ export class Logger {
     this.#log("error", msg, fields);
   }
 
+  /** Writes a line another logger already formatted (a worker thread's). */
+  line(text: string): void {
+    this.#write(text);
+  }
+
   #log(level: Level, msg: string, fields?: Record<string, unknown>): void {
     if (LEVELS.indexOf(level) < this.#min) return;
+    if (this.#base) fields = { ...fields, ...this.#base };
     const time = new Date().toISOString();
     if (this.#format === "json") {
       // Assigned twice so the record keeps its own time, level and msg first, whatever the fields say.
@@ -103,6 +114,11 @@ export class LineWriter {
   write(line: string): void {
     this.#queue.push(line);
     this.#flushing ??= this.#flush();
+  }
+
+  /** Queues lines already joined with newlines (a worker's batch), without the last newline. */
+  writeBatch(text: string): void {
+    this.write(text);
   }
 
   /** Resolves once everything queued so far is written. */

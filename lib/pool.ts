@@ -74,6 +74,8 @@ export interface BackendStatus {
   available: boolean;
   /** Latest active probe. */
   lastProbe: ProbeResult | undefined;
+  /** SRV priority: only backends of the lowest priority that is available get traffic. */
+  priority: number;
 }
 
 /** One upstream server: fixed identity, pool-owned state, shared counters. */
@@ -106,8 +108,10 @@ export class Backend implements Readonly<BackendStatus> {
   readonly upSince: number = 0;
   readonly available: boolean = true;
   readonly lastProbe: ProbeResult | undefined;
+  readonly priority: number = 0;
 
   readonly #ints: Int32Array;
+  readonly #ledger: Int32Array | undefined;
   readonly #floats: Float64Array;
   readonly #i: number;
   readonly #f: number;
@@ -135,10 +139,17 @@ export class Backend implements Readonly<BackendStatus> {
     this.maxConnections = config.maxConnections ?? options.maxConnections;
     this.slot = slot;
     this.#ints = counters.backendInts;
+    this.#ledger = counters.backendLedger;
     this.#floats = counters.backendFloats;
     this.#i = backendIntBase(slot);
     this.#f = backendFloatBase(slot);
-    this.#options = options;
+    // A backend's own settings shadow its pool's, which a reload changes in place.
+    this.#options = config.proxyProtocol || config.tls
+      ? Object.assign(Object.create(options), {
+        proxyProtocol: config.proxyProtocol,
+        ...(config.tls ? { tls: config.tls } : {}),
+      })
+      : options;
   }
 
   /** Keep-alive connections to this backend, opened by this thread. */
@@ -164,7 +175,10 @@ export class Backend implements Readonly<BackendStatus> {
   /** Takes a request slot unless `maxConnections` are in use; pair with {@linkcode release}. */
   tryAcquire(): boolean {
     const before = Atomics.add(this.#ints, this.#i + B_INFLIGHT, 1);
-    if (before < this.maxConnections) return true;
+    if (before < this.maxConnections) {
+      if (this.#ledger) this.#ledger[this.#i + B_INFLIGHT]++;
+      return true;
+    }
     Atomics.sub(this.#ints, this.#i + B_INFLIGHT, 1);
     return false;
   }
@@ -176,6 +190,7 @@ export class Backend implements Readonly<BackendStatus> {
 
   /** Gives a request slot back; wakes whoever waits for the backend to go idle. */
   release(): void {
+    if (this.#ledger) this.#ledger[this.#i + B_INFLIGHT]--;
     if (Atomics.sub(this.#ints, this.#i + B_INFLIGHT, 1) === 1 && !this.available) {
       Atomics.notify(this.#ints, this.#i + B_INFLIGHT);
     }
@@ -262,6 +277,18 @@ function derive(b: Backend, now: number): BackendState {
     : "up";
 }
 
+/** A pool's backends and state as plain data (posted to worker threads). */
+export interface PoolSnapshot {
+  slowStart: number;
+  options: BackendOptions;
+  backends: {
+    config: BackendConfig;
+    slot: number;
+    source: string | undefined;
+    status: BackendStatus;
+  }[];
+}
+
 /** A state change, as listeners hear of it. */
 export type PoolListener = (backend: Backend, previous: BackendState) => void;
 
@@ -275,7 +302,14 @@ export class Pool {
   version = 0;
   /** Milliseconds over which a recovered backend ramps up to full weight (0: off). */
   slowStart = 0;
+  /**
+   * Resolves once every thread serving traffic has seen this pool's current state (the
+   * balancer sets it when worker threads hold replicas; otherwise there is nothing to wait for).
+   */
+  settled: () => Promise<void> = () => Promise.resolve();
   readonly #listeners = new Set<PoolListener>();
+  readonly #watchers = new Set<() => void>();
+  #notifying = false;
 
   constructor(
     readonly name: string,
@@ -310,7 +344,7 @@ export class Pool {
     );
     writable(backend).upSince = options.started ? 0 : Date.now();
     this.backends = [...this.backends, backend];
-    this.version++;
+    this.#bump();
     return backend;
   }
 
@@ -323,7 +357,7 @@ export class Pool {
     if (!backend) return undefined;
     this.backends = this.backends.filter((b) => b !== backend);
     this.#retire(backend);
-    this.version++;
+    this.#bump();
     return backend;
   }
 
@@ -366,17 +400,99 @@ export class Pool {
   setWeight(backend: Backend, weight: number): void {
     if (backend.weight === weight) return;
     writable(backend).weight = weight;
-    this.version++;
+    this.#bump();
   }
 
   /** Changes a backend's concurrent-request limit. */
   setMaxConnections(backend: Backend, max: number): void {
+    if (backend.maxConnections === max) return;
     writable(backend).maxConnections = max;
+    this.#bump();
+  }
+
+  /** Sets a backend's priority (lower values take all traffic while any of them is up). */
+  setPriority(backend: Backend, priority: number): void {
+    if (backend.priority === priority) return;
+    writable(backend).priority = priority;
+    this.#bump();
   }
 
   /** Restarts a backend's slow start as if it had just come up (tests, admin). */
   setUpSince(backend: Backend, at: number): void {
     writable(backend).upSince = at;
+    this.#bump();
+  }
+
+  /**
+   * Subscribes to every change of the set, a state, a weight or a setting, told once per
+   * turn of the event loop however many changes it held; returns the unsubscribe function.
+   */
+  watch(watcher: () => void): () => void {
+    this.#watchers.add(watcher);
+    return () => this.#watchers.delete(watcher);
+  }
+
+  /** Marks a change made from outside (a new slow start, say): selectors rebuild, watchers hear. */
+  touch(): void {
+    this.#bump();
+  }
+
+  /** The backends and their state, as plain data for another thread's replica of this pool. */
+  snapshot(): PoolSnapshot {
+    return {
+      slowStart: this.slowStart,
+      options: { ...this.options },
+      backends: this.backends.map((b) => ({
+        config: b.config,
+        slot: b.slot,
+        source: b.source,
+        status: {
+          weight: b.weight,
+          maxConnections: b.maxConnections,
+          healthy: b.healthy,
+          ejectedUntil: b.ejectedUntil,
+          ejections: b.ejections,
+          admin: b.admin,
+          state: b.state,
+          reason: b.reason,
+          since: b.since,
+          upSince: b.upSince,
+          available: b.available,
+          lastProbe: b.lastProbe,
+          priority: b.priority,
+        },
+      })),
+    };
+  }
+
+  /**
+   * Makes this pool (a replica in a worker) match `snapshot`: backends are kept by slot, so
+   * their connections survive state changes; ones no longer listed are retired.
+   */
+  applySnapshot(snapshot: PoolSnapshot): void {
+    this.slowStart = snapshot.slowStart;
+    Object.assign(this.options, snapshot.options);
+    const bySlot = new Map(this.backends.map((b) => [b.slot, b]));
+    const next: Backend[] = [];
+    for (const s of snapshot.backends) {
+      let b = bySlot.get(s.slot);
+      if (b && b.url !== s.config.url) b = undefined;
+      if (b) bySlot.delete(s.slot);
+      else {b = new Backend(
+          { ...s.config, url: s.config.url! },
+          s.slot,
+          this.counters,
+          this.options,
+          s.source,
+        );}
+      Object.assign(writable(b), s.status);
+      next.push(b);
+    }
+    for (const gone of bySlot.values()) {
+      writable(gone).available = false;
+      if (gone.hasConnections) gone.connections.retire();
+    }
+    this.backends = next;
     this.version++;
   }
 
@@ -418,9 +534,19 @@ export class Pool {
     if ((state === "disabled" || state === "down") && backend.hasConnections) {
       backend.connections.closeIdle();
     }
-    this.version++;
+    this.#bump();
     for (const listener of this.#listeners) listener(backend, previous);
     return true;
+  }
+
+  #bump(): void {
+    this.version++;
+    if (this.#notifying || this.#watchers.size === 0) return;
+    this.#notifying = true;
+    queueMicrotask(() => {
+      this.#notifying = false;
+      for (const watcher of this.#watchers) watcher();
+    });
   }
 
   #retire(backend: Backend): void {

@@ -75,6 +75,8 @@ export interface ProxyObserver {
   retry(backend: Backend): void;
   /** The retry budget refused a retry in `pool`. */
   retryRefused?(pool: string): void;
+  /** A backend accepted an upgrade (`101`): a tunnel opens; `request` follows when it closes. */
+  tunnel?(record: RequestRecord): void;
 }
 
 /** What forwarding one request needs. */
@@ -222,6 +224,8 @@ export class Forwarder {
           setCookie: settings.sticky && out.select.pinned !== backend.cookie
             ? stickyCookie(settings.sticky, backend.cookie)
             : undefined,
+          source: backend.config.proxyProtocol ? proxySource(out.select.request) : undefined,
+          upgrade: out.select.request.upgrade,
         }, attempt.finish);
         const upstreamMs = performance.now() - attemptStart;
         backend.observeLatency(upstreamMs, record.time + (attemptStart - out.started) + upstreamMs);
@@ -234,7 +238,7 @@ export class Forwarder {
         lastError = undefined;
         if (
           !settings.retryOn.has(status) || !IDEMPOTENT_METHODS.has(method) ||
-          (body !== null && !body.rewind())
+          (body !== null && !body.rewind()) || out.select.request.upgrade !== undefined
         ) break;
       } catch (err) {
         attempt.release();
@@ -274,6 +278,9 @@ export class Forwarder {
     record.answered = true;
     record.upstreamMs = held.upstreamMs;
     held.returned = true;
+    if (reply.tunnel !== undefined) {
+      for (const o of this.parts.observers()) o.tunnel?.(record);
+    }
     if (held.finished) this.#settle(held);
     return reply;
   }
@@ -303,6 +310,14 @@ export class Forwarder {
       });
     }
     this.parts.complete(record, attempt.out.started);
+  };
+}
+
+/** The addresses a PROXY protocol header to a backend carries: the client, and where it connected. */
+function proxySource(req: ClientRequest) {
+  return {
+    source: { ip: req.ip, port: req.port },
+    destination: req.local ?? { ip: "0.0.0.0", port: 0 },
   };
 }
 

@@ -3,10 +3,11 @@
  * count of waiters and the wake-ups are in shared memory, so a slot freed by any worker wakes
  * a waiter in any worker, and `maxPending` bounds the whole balancer.
  */
-import { P_PENDING, P_RELEASES, poolIntBase } from "./shared.ts";
+import { P_PENDING, P_RELEASES, poolIntBase, type SharedCounters } from "./shared.ts";
 
 /** Waiters for a free backend slot; at most `maxPending` wait, each for at most `timeout` ms. */
 export class SlotQueue {
+  readonly #counters: SharedCounters;
   readonly #ints: Int32Array;
   readonly #pending: number;
   readonly #releases: number;
@@ -14,10 +15,11 @@ export class SlotQueue {
   constructor(
     public maxPending: number,
     public timeout: number,
-    ints: Int32Array,
+    counters: SharedCounters,
     slot: number,
   ) {
-    this.#ints = ints;
+    this.#counters = counters;
+    this.#ints = counters.poolInts;
     this.#pending = poolIntBase(slot) + P_PENDING;
     this.#releases = poolIntBase(slot) + P_RELEASES;
   }
@@ -34,8 +36,8 @@ export class SlotQueue {
    */
   async wait(timeout = this.timeout): Promise<boolean> {
     if (timeout <= 0) return false;
-    if (Atomics.add(this.#ints, this.#pending, 1) >= this.maxPending) {
-      Atomics.sub(this.#ints, this.#pending, 1);
+    if (this.#counters.addPool(this.#pending, 1) >= this.maxPending) {
+      this.#counters.addPool(this.#pending, -1);
       return false;
     }
     try {
@@ -44,7 +46,7 @@ export class SlotQueue {
       const outcome = result.async ? await result.value : result.value;
       return outcome !== "timed-out";
     } finally {
-      Atomics.sub(this.#ints, this.#pending, 1);
+      this.#counters.addPool(this.#pending, -1);
     }
   }
 

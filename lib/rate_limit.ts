@@ -23,13 +23,14 @@ const TIME_MASK = (1n << TIME_BITS) - 1n;
 /** A table of buckets; `buffer` may be posted to workers to share it. */
 export class RateLimiter {
   readonly buffer: SharedArrayBuffer;
-  readonly #slots: BigInt64Array;
+  // Unsigned: a tag with its top bit set must read back as the same positive BigInt.
+  readonly #slots: BigUint64Array;
   readonly #interval: bigint;
   readonly #tolerance: bigint;
 
   constructor(readonly options: RateLimitOptions, buffer?: SharedArrayBuffer) {
     this.buffer = buffer ?? new SharedArrayBuffer(SLOTS * 8);
-    this.#slots = new BigInt64Array(this.buffer);
+    this.#slots = new BigUint64Array(this.buffer);
     const interval = Math.max(1, Math.round(10_000 / options.perSecond));
     this.#interval = BigInt(interval);
     this.#tolerance = BigInt(interval * (Math.max(1, options.burst) - 1));

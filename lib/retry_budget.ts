@@ -4,7 +4,7 @@
  * traffic level (a handful of retries is always allowed), while a retry storm under load is
  * bounded. The counts are shared by every worker.
  */
-import { P_REQUESTS, P_RETRIES, poolIntBase } from "./shared.ts";
+import { P_REQUESTS, P_RETRIES, poolIntBase, type SharedCounters } from "./shared.ts";
 
 /** Settings of `retryBudget:`. */
 export interface RetryBudgetOptions {
@@ -16,24 +16,26 @@ export interface RetryBudgetOptions {
 
 /** The budget of one pool, over its slot in the shared counters. */
 export class RetryBudget {
+  readonly #counters: SharedCounters;
   readonly #ints: Int32Array;
   readonly #requests: number;
   readonly #retries: number;
 
-  constructor(public options: RetryBudgetOptions, ints: Int32Array, slot: number) {
-    this.#ints = ints;
+  constructor(public options: RetryBudgetOptions, counters: SharedCounters, slot: number) {
+    this.#counters = counters;
+    this.#ints = counters.poolInts;
     this.#requests = poolIntBase(slot) + P_REQUESTS;
     this.#retries = poolIntBase(slot) + P_RETRIES;
   }
 
   /** A request started; pair with {@linkcode end}. */
   begin(): void {
-    Atomics.add(this.#ints, this.#requests, 1);
+    this.#counters.addPool(this.#requests, 1);
   }
 
   /** A request finished. */
   end(): void {
-    Atomics.sub(this.#ints, this.#requests, 1);
+    this.#counters.addPool(this.#requests, -1);
   }
 
   /** Takes a retry from the budget (pair with {@linkcode endRetry}); false when it is spent. */
@@ -43,14 +45,14 @@ export class RetryBudget {
       minConcurrent,
       Math.floor((Atomics.load(this.#ints, this.#requests) * percent) / 100),
     );
-    if (Atomics.add(this.#ints, this.#retries, 1) < allowed) return true;
-    Atomics.sub(this.#ints, this.#retries, 1);
+    if (this.#counters.addPool(this.#retries, 1) < allowed) return true;
+    this.#counters.addPool(this.#retries, -1);
     return false;
   }
 
   /** A retry attempt is over (answered or failed). */
   endRetry(): void {
-    Atomics.sub(this.#ints, this.#retries, 1);
+    this.#counters.addPool(this.#retries, -1);
   }
 
   /** Requests and retries in flight now. */

@@ -3,6 +3,7 @@
  * Matching is a function from a request to the first route whose conditions all hold.
  */
 import { cidrMatcher } from "./cidr.ts";
+import { FRAMING } from "./hooks.ts";
 import type { RouteConfig } from "./config.ts";
 import type { ClientRequest } from "./message.ts";
 import { RateLimiter } from "./rate_limit.ts";
@@ -49,9 +50,16 @@ export class Router {
 
   /**
    * `routes` undefined means "everything to `fallbackPool`". Rate-limit tables of an earlier
-   * router are reused for routes whose limit did not change, so a reload does not reset them.
+   * router are reused for routes whose limit did not change, so a reload does not reset them;
+   * `shared` gives each route's table by index (another thread's router's `limiterBuffers()`),
+   * so every worker enforces one limit.
    */
-  constructor(routes: RouteConfig[] | undefined, fallbackPool: string, previous?: Router) {
+  constructor(
+    routes: RouteConfig[] | undefined,
+    fallbackPool: string,
+    previous?: Router,
+    shared?: readonly (SharedArrayBuffer | undefined)[],
+  ) {
     if (!routes) {
       this.routes = [{
         index: 0,
@@ -74,10 +82,15 @@ export class Router {
       for (const r of previous?.routes ?? []) {
         if (r.rateLimit && r.config) limiters.set(limitKey(r.config), r.rateLimit.limiter);
       }
-      this.routes = routes.map((r, i) => compile(r, i, limiters));
+      this.routes = routes.map((r, i) => compile(r, i, limiters, shared?.[i]));
     }
     this.#needPath = this.routes.some((r) => r.path !== undefined);
     this.#needHost = this.routes.some((r) => r.hosts !== undefined);
+  }
+
+  /** Each route's rate-limit table (undefined for routes without a limit), by index. */
+  limiterBuffers(): (SharedArrayBuffer | undefined)[] {
+    return this.routes.map((r) => r.rateLimit?.limiter.buffer);
   }
 
   /** The first route `req` (from client address `ip`) matches, or undefined. */
@@ -100,7 +113,12 @@ export class Router {
   }
 }
 
-function compile(r: RouteConfig, index: number, limiters: Map<string, RateLimiter>): Route {
+function compile(
+  r: RouteConfig,
+  index: number,
+  limiters: Map<string, RateLimiter>,
+  shared: SharedArrayBuffer | undefined,
+): Route {
   const action: RouteAction = r.pool !== undefined
     ? { kind: "pool", pool: r.pool }
     : r.redirect
@@ -118,7 +136,9 @@ function compile(r: RouteConfig, index: number, limiters: Map<string, RateLimite
       burst: r.rateLimit.burst ?? Math.max(1, Math.ceil(r.rateLimit.perSecond)),
     };
     rateLimit = {
-      limiter: limiters.get(limitKey(r)) ?? new RateLimiter(options),
+      limiter: shared
+        ? new RateLimiter(options, shared)
+        : takeLimiter(limiters, limitKey(r)) ?? new RateLimiter(options),
       key: r.rateLimit.key === "ip" ? undefined : r.rateLimit.key.slice(7).toLowerCase(),
     };
   }
@@ -147,15 +167,30 @@ function compile(r: RouteConfig, index: number, limiters: Map<string, RateLimite
   };
 }
 
-/** Identifies a rate limit across reloads: the same route position, key and numbers. */
+/**
+ * Identifies a rate limit across reloads: the whole route as written (conditions, key and
+ * numbers), wherever it moved in the list. Two routes that differ only in, say, `methods`
+ * keep a bucket each.
+ */
 function limitKey(r: RouteConfig): string {
-  return JSON.stringify([r.name, r.host, r.path, r.rateLimit]);
+  return JSON.stringify(r);
+}
+
+/** The previous router's limiter for `key`, once: a duplicate route gets a table of its own. */
+function takeLimiter(limiters: Map<string, RateLimiter>, key: string): RateLimiter | undefined {
+  const limiter = limiters.get(key);
+  limiters.delete(key);
+  return limiter;
 }
 
 function edits(spec: RouteConfig["requestHeaders"]): HeaderEdits | undefined {
   if (!spec) return undefined;
-  const set = Object.entries(spec.set ?? {}).map(([k, v]) => [k, v] as [string, string]);
-  const remove = new Set((spec.remove ?? []).map((k) => k.toLowerCase()));
+  const set = Object.entries(spec.set ?? {})
+    .filter(([k]) => !FRAMING.has(k.toLowerCase()))
+    .map(([k, v]) => [k, v] as [string, string]);
+  const remove = new Set(
+    (spec.remove ?? []).map((k) => k.toLowerCase()).filter((k) => !FRAMING.has(k)),
+  );
   for (const [k] of set) remove.add(k.toLowerCase());
   return { set, remove };
 }
@@ -201,17 +236,21 @@ const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
 
 /**
  * The path routes match against: the target without its query, with percent-encoded
- * unreserved characters decoded and dot segments removed (RFC 3986 §6.2.2), so `/%61pi` and
- * `/x/../api` cannot slip past a route for `/api`. The target sent upstream is not changed.
+ * unreserved characters decoded, runs of slashes merged (as nginx's `merge_slashes`) and dot
+ * segments removed (RFC 3986 §6.2.2), so `/%61pi`, `//api` and `/x/../api` cannot slip past
+ * a route for `/api`. The target sent upstream is not changed.
  */
 export function routingPath(target: string): string {
   const q = target.indexOf("?");
   let path = q === -1 ? target : target.slice(0, q);
-  if (path.indexOf("%") === -1 && path.indexOf("/.") === -1) return path;
+  if (path.indexOf("%") === -1 && path.indexOf("/.") === -1 && path.indexOf("//") === -1) {
+    return path;
+  }
   path = path.replace(/%([0-9A-Fa-f]{2})/g, (m, hex) => {
     const c = String.fromCharCode(parseInt(hex, 16));
     return UNRESERVED.test(c) ? c : m.toUpperCase();
   });
+  if (path.indexOf("//") !== -1) path = path.replace(/\/{2,}/g, "/");
   return removeDotSegments(path);
 }
 

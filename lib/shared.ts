@@ -33,16 +33,24 @@ export interface SharedBuffers {
   poolInts: SharedArrayBuffer;
 }
 
-/** Typed views over the shared buffers, plus slot allocation (control plane only). */
+/**
+ * Typed views over the shared buffers, plus slot allocation (control plane only). A worker
+ * also keeps a ledger of what it holds in the counts that must return to zero (requests in
+ * flight, retries, queued requests), so a worker that crashes can be subtracted.
+ */
 export class SharedCounters {
   readonly backendInts: Int32Array;
   readonly backendFloats: Float64Array;
   readonly poolInts: Int32Array;
   readonly buffers: SharedBuffers;
+  /** This thread's share of `backendInts` (same indexes); undefined on the control plane. */
+  readonly backendLedger: Int32Array | undefined;
+  /** This thread's share of `poolInts`. */
+  readonly poolLedger: Int32Array | undefined;
   readonly #free = { backend: [] as number[], pool: [] as number[] };
   readonly #next = { backend: 0, pool: 0 };
 
-  constructor(buffers?: SharedBuffers) {
+  constructor(buffers?: SharedBuffers, ledger?: SharedArrayBuffer) {
     this.buffers = buffers ?? {
       backendInts: new SharedArrayBuffer(BACKEND_SLOTS * B_INTS * 4),
       backendFloats: new SharedArrayBuffer(BACKEND_SLOTS * B_FLOATS * 8),
@@ -51,6 +59,35 @@ export class SharedCounters {
     this.backendInts = new Int32Array(this.buffers.backendInts);
     this.backendFloats = new Float64Array(this.buffers.backendFloats);
     this.poolInts = new Int32Array(this.buffers.poolInts);
+    if (ledger) {
+      this.backendLedger = new Int32Array(ledger, 0, BACKEND_SLOTS * B_INTS);
+      this.poolLedger = new Int32Array(ledger, BACKEND_SLOTS * B_INTS * 4, POOL_SLOTS * P_INTS);
+    }
+  }
+
+  /** A zeroed ledger buffer for one worker. */
+  static newLedger(): SharedArrayBuffer {
+    return new SharedArrayBuffer((BACKEND_SLOTS * B_INTS + POOL_SLOTS * P_INTS) * 4);
+  }
+
+  /** Takes back what a worker that stopped still held, as its ledger records it. */
+  reclaim(ledger: SharedArrayBuffer): void {
+    const backends = new Int32Array(ledger, 0, BACKEND_SLOTS * B_INTS);
+    const pools = new Int32Array(ledger, BACKEND_SLOTS * B_INTS * 4, POOL_SLOTS * P_INTS);
+    for (let i = 0; i < backends.length; i++) {
+      if (backends[i] !== 0) Atomics.sub(this.backendInts, i, backends[i]);
+    }
+    for (let i = 0; i < pools.length; i++) {
+      if (pools[i] !== 0) Atomics.sub(this.poolInts, i, pools[i]);
+    }
+    backends.fill(0);
+    pools.fill(0);
+  }
+
+  /** Adds `delta` to pool int `index`, recorded in this thread's ledger; returns the value before. */
+  addPool(index: number, delta: number): number {
+    if (this.poolLedger) this.poolLedger[index] += delta;
+    return Atomics.add(this.poolInts, index, delta);
   }
 
   /** A free backend slot, zeroed. Throws when all are taken. */

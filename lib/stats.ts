@@ -29,6 +29,8 @@ export interface TrafficDump {
   responses: [string, number[]][];
   /** Gauges that are per worker and summed: client connections, upstream connections, tunnels. */
   gauges: Record<string, [string[], number][]>;
+  /** The worker thread's index. */
+  worker: number;
 }
 
 interface Series {
@@ -52,6 +54,7 @@ export class Stats implements ProxyObserver {
   readonly reloads: Counter;
   readonly discoveryErrors: Counter;
   readonly tunnels: Counter;
+  readonly workerCrashes: Counter;
   readonly startedAt = Date.now();
   /** Open client connections; the balancer plugs in its listeners' count (summed over workers). */
   clientConnections: () => number = () => 0;
@@ -61,6 +64,10 @@ export class Stats implements ProxyObserver {
   readonly responses = new Map<string, ResponseCounts>();
   /** Sums of other workers' per-worker gauges, set when merging. */
   #merged: TrafficDump["gauges"] | undefined;
+  /** Client connections of each worker thread, set when merging. */
+  #byWorker: [number, number][] | undefined;
+  /** This thread's worker index (0 on the main thread). */
+  worker = 0;
   readonly #series = new Map<Backend | string, Map<string, Series>>();
 
   constructor(
@@ -143,6 +150,13 @@ export class Stats implements ProxyObserver {
         "backend",
       ]),
     );
+    this.workerCrashes = r.add(
+      new Counter(
+        "sluice_worker_crashes_total",
+        "Worker threads that crashed (each is restarted).",
+        ["worker"],
+      ),
+    );
     // Series that exist from the start, so rate() and alerts see 0 rather than nothing.
     this.reloads.inc(["success"], 0);
     this.reloads.inc(["failure"], 0);
@@ -208,6 +222,17 @@ export class Stats implements ProxyObserver {
     );
     r.add(
       new Gauge(
+        "sluice_worker_client_connections",
+        "Open client connections per worker thread (how evenly the kernel spreads them).",
+        ["worker"],
+        () =>
+          (this.#byWorker ?? [[this.worker, this.clientConnections()]]).map((
+            [w, n],
+          ) => [[String(w)], n] as const),
+      ),
+    );
+    r.add(
+      new Gauge(
         "sluice_tunnels_open",
         "Upgraded connections (WebSocket and others) open now.",
         [],
@@ -230,6 +255,11 @@ export class Stats implements ProxyObserver {
         () => [[[], this.startedAt / 1000] as const],
       ),
     );
+  }
+
+  /** ProxyObserver: a backend accepted an upgrade and a tunnel opens. */
+  tunnel(r: RequestRecord): void {
+    this.tunnels.inc([r.pool, r.backend?.id ?? ""]);
   }
 
   /** ProxyObserver: a request finished. */
@@ -327,6 +357,7 @@ export class Stats implements ProxyObserver {
         sluice_tunnels_open: [[[], this.tunnelsOpen()]],
         sluice_upstream_connections: this.#upstreamConnections().map(([l, v]) => [[...l], v]),
       },
+      worker: this.worker,
     };
   }
 
@@ -365,6 +396,10 @@ export class Stats implements ProxyObserver {
       }
     }
     this.#merged = gauges;
+    this.#byWorker = dumps.map((d) => [
+      d.worker,
+      d.gauges.sluice_client_connections?.[0]?.[1] ?? 0,
+    ]);
   }
 
   #traffic() {

@@ -32,9 +32,17 @@ const compile = await new Deno.Command(Deno.execPath(), {
   stderr: "piped",
   signal: AbortSignal.timeout(120_000),
 }).output();
-const errorLine = stripAnsi(new TextDecoder().decode(compile.stderr)).split("\n")
-  .map((l) => l.trim())
-  .find((l) => /error/i.test(l)) ?? "no error message";
+/**
+ * The real cause from Deno's error chain: the first cause naming the failed download (its URL
+ * and the network error), else the innermost cause, else the `error:` line.
+ */
+function cause(stderr: string): string {
+  const lines = stripAnsi(stderr).split("\n").map((l) => l.trim());
+  const causes = lines.map((l) => /^\d+: (.*)$/.exec(l)?.[1]).filter((c) => c !== undefined);
+  return causes.find((c) => /error sending request|download/i.test(c!)) ?? causes.at(-1) ??
+    lines.find((l) => l.startsWith("error:")) ?? "no error message";
+}
+const errorLine = cause(new TextDecoder().decode(compile.stderr));
 const unavailable = !compile.success && !Deno.env.get("DENORT_BIN");
 if (unavailable) {
   console.log(

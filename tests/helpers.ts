@@ -6,6 +6,7 @@ import { Logger } from "../lib/log.ts";
 import { parseRequestHead } from "../lib/listener/request.ts";
 import type { ClientRequest } from "../lib/message.ts";
 import assert from "node:assert/strict";
+import { TEST_WORKERS } from "./process_helpers.ts";
 
 export type { DemoBackend };
 
@@ -32,6 +33,7 @@ export interface TestBalancer {
 export async function startTestBalancer(raw: Record<string, unknown>): Promise<TestBalancer> {
   const health = (raw.health ?? {}) as Record<string, unknown>;
   const config = validateConfig({
+    workers: TEST_WORKERS,
     ...raw,
     listen: Array.isArray(raw.listen)
       ? raw.listen

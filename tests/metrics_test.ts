@@ -182,7 +182,7 @@ Deno.test("metrics show requests in flight", async () => {
       name: "held",
       weight: 1,
     });
-    f.tb.balancer.disable("a");
+    await f.tb.balancer.disable("a");
     const pending = fetch(f.tb.url + "/").then((r) => r.text());
     await waitFor(async () => {
       const m = await scrape(f.base);

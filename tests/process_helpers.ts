@@ -7,7 +7,16 @@ import { waitFor } from "./helpers.ts";
 /** The repository root (with a trailing slash); subprocesses run there. */
 export const ROOT = new URL("../", import.meta.url).pathname;
 
-/** `deno run <permissions> main.ts`, the way the README runs it; `write` adds --allow-write. */
+/**
+ * Worker threads the end-to-end tests run sluice with: `SLUICE_TEST_WORKERS=2 deno task test`
+ * runs the whole suite again with two (CI does both).
+ */
+export const TEST_WORKERS: number = Number(Deno.env.get("SLUICE_TEST_WORKERS") ?? "1");
+
+/**
+ * `deno run <permissions> main.ts`, the way the README runs it; `write` adds --allow-write.
+ * With {@linkcode TEST_WORKERS} above 1, `--workers N` follows (flags given later win).
+ */
 export function mainArgs({ write = false } = {}): string[] {
   return [
     "run",
@@ -16,6 +25,7 @@ export function mainArgs({ write = false } = {}): string[] {
     ...(write ? ["--allow-write"] : []),
     "--allow-env=LOG_TOKENS,LOG_STREAM",
     "main.ts",
+    ...(TEST_WORKERS > 1 ? ["--workers", String(TEST_WORKERS)] : []),
   ];
 }
 

@@ -201,7 +201,7 @@ Deno.test("retry budget: retries in flight are at most percent of requests in fl
   const counters = new SharedCounters();
   const budget = new RetryBudget(
     { percent: 20, minConcurrent: 3 },
-    counters.poolInts,
+    counters,
     counters.allocatePool(),
   );
   // 5 requests in flight: 20% is 1, the floor of 3 wins.
@@ -241,6 +241,7 @@ Deno.test("retry budget: with every backend failing under concurrent load, retri
     // Without a budget every request would be tried three times (400 retries).
     assert.ok(retries < n / 2, `${retries} retries for ${n} requests: the budget did not bind`);
     assert.ok(retries >= 2, "the floor allows some retries");
+    await t.balancer.collect();
     assert.equal(t.balancer.stats.retries.dump().reduce((x, [, v]) => x + v, 0), retries);
     const refused = t.balancer.stats.retriesRefused.get(["default"]);
     assert.ok(refused > 0, "refusals are counted in sluice_retries_refused_total");
@@ -275,6 +276,7 @@ Deno.test("retry budget: a dead backend costs no request at low traffic, even wh
       [],
       "every request was retried and answered",
     );
+    await t.balancer.collect();
     assert.equal(t.balancer.stats.retriesRefused.get(["default"]), 0);
   } finally {
     await live.stop();
@@ -552,19 +554,21 @@ Deno.test("backend states: up, down, ejected, draining and disabled, each with a
     let drained = false;
     const drain = t.balancer.drain(holder.name).then(() => drained = true);
     assert.deepEqual(state(holder.name), ["draining", "draining by operator"]);
+    await t.balancer.sync(); // every worker thread has seen it
+
     assert.ok(!(await sequence(t.url, 4)).includes(holder.name));
     assert.equal(drained, false);
     holder.release();
     assert.equal((await inflight).status, 200);
     await drain;
-    t.balancer.enable(holder.name);
+    await t.balancer.enable(holder.name);
     assert.deepEqual(state(holder.name), ["up", "enabled by operator"]);
 
     // disabled: out of service at once.
-    t.balancer.disable("b");
+    await t.balancer.disable("b");
     assert.deepEqual(state("b"), ["disabled", "disabled by operator"]);
     assert.ok(!(await sequence(t.url, 4)).includes("b"));
-    t.balancer.enable("b");
+    await t.balancer.enable("b");
 
     // ejected: one 5xx is enough with consecutiveFailures 1.
     b.status = 500;
@@ -575,8 +579,8 @@ Deno.test("backend states: up, down, ejected, draining and disabled, each with a
     ]);
 
     // Nothing up: 503 without Retry-After (not a capacity problem).
-    t.balancer.disable("a");
-    t.balancer.disable("c");
+    await t.balancer.disable("a");
+    await t.balancer.disable("c");
     const none = await hit(t.url);
     assert.equal(none.status, 503);
     assert.equal(none.headers.get("retry-after"), null);

@@ -472,8 +472,8 @@ Deno.test("slow start through the balancer: a re-enabled or added backend ramps 
     const a = balancer.pool.get("a")!;
     // Backends present at start ramp together; wait until that is over.
     await waitFor(() => balancer.pool.effectiveWeight(a) === 1, "a fully ramped", 10_000);
-    balancer.disable("b");
-    balancer.enable("b");
+    await balancer.disable("b");
+    await balancer.enable("b");
     const b = balancer.pool.get("b")!;
     const enabledAt = b.upSince;
     assert.ok(balancer.pool.effectiveWeight(b) < 0.2);

@@ -201,7 +201,7 @@ export function apiRoutes(balancer: Balancer): (req: Request, path: string) => P
     apiError(404, `no backend with id ${t.id}${t.pool === undefined ? "" : ` in pool ${t.pool}`}`);
   const view = (pool: Pool, b: Backend) => backendView(balancer, pool, b);
   // Balancer methods throw when the id vanished between lookup and call.
-  const act = (t: Target, status: number, fn: () => void): Response => {
+  const act = async (t: Target, status: number, fn: () => void): Promise<Response> => {
     try {
       fn();
     } catch (err) {
@@ -209,6 +209,8 @@ export function apiRoutes(balancer: Balancer): (req: Request, path: string) => P
       if (err instanceof UnknownPool) return unknownPool(t.pool!);
       throw err;
     }
+    // Every worker applies the change before the API answers.
+    await balancer.sync();
     const pool = poolOf(t.pool);
     const b = pool?.get(t.id);
     return pool && b ? json(status, view(pool, b)) : unknown(t);
@@ -220,9 +222,10 @@ export function apiRoutes(balancer: Balancer): (req: Request, path: string) => P
     return b ? fn(pool, b) : unknown(t);
   };
 
-  const backendsList: Handler = (_req, t) => {
+  const backendsList: Handler = async (_req, t) => {
     const pool = poolOf(t.pool);
     if (!pool) return unknownPool(t.pool!);
+    await balancer.collect();
     return json(200, pool.backends.map((b) => view(pool, b)));
   };
   const addBackend: Handler = async (req, t) => {
@@ -248,6 +251,7 @@ export function apiRoutes(balancer: Balancer): (req: Request, path: string) => P
     } catch (err) {
       return apiError(409, (err as Error).message);
     }
+    await balancer.sync();
     const prefix = t.pool === undefined
       ? "/api/backends"
       : `/api/pools/${encodeURIComponent(pool.name)}/backends`;
@@ -266,8 +270,9 @@ export function apiRoutes(balancer: Balancer): (req: Request, path: string) => P
         return act(t, 200, () => balancer.setWeight(t.id, parsed.data.weight, pool.name));
       }),
     DELETE: (_req, t) =>
-      withBackend(t, (pool) => {
+      withBackend(t, async (pool) => {
         if (!balancer.removeBackend(t.id, pool.name)) return unknown(t);
+        await balancer.sync();
         return json(
           200,
           t.pool === undefined ? { removed: t.id } : { removed: t.id, pool: pool.name },
@@ -295,7 +300,15 @@ export function apiRoutes(balancer: Balancer): (req: Request, path: string) => P
 
   const P = "/api/pools/([^/]+)";
   const routes: Route[] = [
-    { pattern: /^\/api\/status$/, methods: { GET: () => json(200, statusView(balancer)) } },
+    {
+      pattern: /^\/api\/status$/,
+      methods: {
+        GET: async () => {
+          await balancer.collect();
+          return json(200, statusView(balancer));
+        },
+      },
+    },
     {
       pattern: /^\/api\/pools$/,
       methods: {

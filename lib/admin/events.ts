@@ -59,7 +59,9 @@ export class EventStreams {
     let close = () => {};
     const body = new ReadableStream<Uint8Array>({
       start: (controller) => {
-        const send = (event: string) => {
+        const send = async (event: string) => {
+          // Worker threads' counts (the backends' response totals) first.
+          await this.balancer.collect();
           const to = this.ts.lastSecond();
           const data = frame(this.balancer, this.ts, this.writable, last + 1, to);
           last = to;
@@ -69,9 +71,9 @@ export class EventStreams {
         const schedule = () => {
           timer = setTimeout(tick, 1000 - (Date.now() % 1000) + 20);
         };
-        const tick = () => {
+        const tick = async () => {
           try {
-            send("update");
+            await send("update");
             schedule();
           } catch {
             close();
@@ -87,8 +89,7 @@ export class EventStreams {
         };
         this.#closers.add(close);
         controller.enqueue(encoder.encode("retry: 2000\n\n"));
-        send("snapshot");
-        schedule();
+        send("snapshot").then(schedule, close);
       },
       cancel: () => {
         clearTimeout(timer);

@@ -88,6 +88,7 @@ export async function startAdmin(balancer: Balancer, options: AdminOptions): Pro
     }
     let response: Response;
     if (path === "/metrics") {
+      if (read) await balancer.collect();
       response = read
         ? new Response(balancer.stats.render(), {
           headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },

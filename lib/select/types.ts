@@ -22,7 +22,11 @@ export interface Selector {
   candidates(ctx: SelectContext): Iterable<Backend>;
 }
 
-/** The backends that may take new requests (state `up`, weight above 0), recomputed only when the pool changes. */
+/**
+ * The backends that may take new requests (state `up`, weight above 0) and, of those, only the
+ * ones of the lowest priority (SRV records' priority; 0 for every other backend), recomputed
+ * only when the pool changes.
+ */
 export class Available {
   #version = -1;
   #list: Backend[] = [];
@@ -32,7 +36,10 @@ export class Available {
   get list(): Backend[] {
     if (this.#version !== this.pool.version) {
       this.#version = this.pool.version;
-      this.#list = this.pool.backends.filter((b) => b.available && b.weight > 0);
+      const up = this.pool.backends.filter((b) => b.available && b.weight > 0);
+      let lowest = Infinity;
+      for (const b of up) if (b.priority < lowest) lowest = b.priority;
+      this.#list = up.filter((b) => b.priority === lowest);
     }
     return this.#list;
   }

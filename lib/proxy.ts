@@ -151,123 +151,124 @@ class Attempt {
 export class Forwarder {
   constructor(readonly parts: ForwarderParts) {}
 
-  /** Forwards `out` through `rt`'s backends; resolves with the reply for the client. */
+  /**
+   * Forwards `out` through `rt`'s backends; resolves with the reply for the client. One async
+   * frame for all of it: this runs for every request.
+   */
   async forward(rt: PoolRuntime, out: Outbound): Promise<Reply> {
-    const { budget } = rt;
+    const { settings, budget, queue, passive } = rt;
     budget.begin();
     try {
-      return await this.#attempts(rt, out);
+      const { log } = this.parts;
+      const { record, body } = out;
+      const method = record.method;
+      let attempts = 0;
+      let lastError: UpstreamError | undefined;
+      let held: Attempt | undefined; // a retryable 5xx kept in case no retry is possible
+      let sawFull = false;
+      let queueDeadline = 0; // one queueTimeout in all, however often a freed slot is taken first
+      let candidates = settings.selector.candidates(out.select)[Symbol.iterator]();
+      for (;;) {
+        const next = candidates.next();
+        if (next.done) {
+          if (attempts === 0 && sawFull) {
+            queueDeadline ||= performance.now() + queue.timeout;
+            if (await queue.wait(queueDeadline - performance.now())) {
+              sawFull = false;
+              candidates = settings.selector.candidates(out.select)[Symbol.iterator]();
+              continue;
+            }
+          }
+          break;
+        }
+        const backend = next.value;
+        const retry = attempts > 0;
+        if (retry) {
+          if (attempts > settings.retries) break;
+          if (!budget.tryRetry()) {
+            log.debug("retry refused by the retry budget", {
+              pool: rt.pool.name,
+              requestId: record.requestId,
+            });
+            for (const o of this.parts.observers()) o.retryRefused?.(rt.pool.name);
+            break;
+          }
+        }
+        if (!backend.tryAcquire()) {
+          if (retry) budget.endRetry();
+          sawFull = true;
+          continue;
+        }
+        if (retry) {
+          record.retries++;
+          for (const o of this.parts.observers()) o.retry(backend);
+          held?.abandon();
+          held = undefined;
+        }
+        attempts++;
+        const attempt = new Attempt(backend, queue, out, this.#settle);
+        const attemptStart = attempts === 1 ? out.started : performance.now();
+        try {
+          const reply = await exchange(backend.connections, {
+            method,
+            head: out.hasHost ? out.head + "\r\n" : `${out.head}host: ${backend.authority}\r\n\r\n`,
+            body,
+            chunked: out.chunked,
+            responseTimeout: settings.responseTimeout,
+            requestId: record.requestId,
+            setCookie: settings.sticky && out.select.pinned !== backend.cookie
+              ? stickyCookie(settings.sticky, backend.cookie)
+              : undefined,
+            source: backend.config.proxyProtocol ? proxySource(out.select.request) : undefined,
+            upgrade: out.select.request.upgrade,
+          }, attempt.finish);
+          const upstreamMs = performance.now() - attemptStart;
+          backend.observeLatency(
+            upstreamMs,
+            record.time + (attemptStart - out.started) + upstreamMs,
+          );
+          const status = reply.status;
+          if (status >= 500) passive.failure(backend, `status ${status}`);
+          else passive.success(backend);
+          attempt.reply = reply;
+          attempt.upstreamMs = upstreamMs;
+          held = attempt;
+          lastError = undefined;
+          if (
+            !settings.retryOn.has(status) || !IDEMPOTENT_METHODS.has(method) ||
+            (body !== null && !body.rewind()) || out.select.request.upgrade !== undefined
+          ) break;
+        } catch (err) {
+          attempt.release();
+          if (!(err instanceof UpstreamError)) throw err;
+          lastError = err;
+          record.backend = backend;
+          if (err.kind !== "client") {
+            for (const o of this.parts.observers()) o.upstreamError(backend, err);
+            if (err.blamesBackend) passive.failure(backend, err.message);
+            log.warn(`upstream ${backend.url} failed: ${err.message}`, {
+              kind: err.kind,
+              pool: rt.pool.name,
+              requestId: record.requestId,
+            });
+          }
+          if (!err.retryable) break;
+        } finally {
+          if (retry) budget.endRetry();
+        }
+      }
+      if (held) return this.#answer(record, held);
+      body?.cancel();
+      const [status, text] = lastError
+        ? [lastError.status, lastError.kind === "client" ? "Bad Request" : ""]
+        : [503, "Service not available"];
+      if (lastError?.kind === "client") record.error = "client request body failed";
+      const headers: [string, string][] = [["x-request-id", record.requestId]];
+      if (!lastError && sawFull) headers.push(["retry-after", "1"]);
+      return this.#ownReply(record, out.started, status, text || REASON_TEXT[status], headers);
     } finally {
       budget.end();
     }
-  }
-
-  async #attempts(rt: PoolRuntime, out: Outbound): Promise<Reply> {
-    const { settings, budget, queue, passive } = rt;
-    const { log } = this.parts;
-    const { record, body } = out;
-    const method = record.method;
-    let attempts = 0;
-    let lastError: UpstreamError | undefined;
-    let held: Attempt | undefined; // a retryable 5xx kept in case no retry is possible
-    let sawFull = false;
-    let queueDeadline = 0; // one queueTimeout in all, however often a freed slot is taken first
-    let candidates = settings.selector.candidates(out.select)[Symbol.iterator]();
-    for (;;) {
-      const next = candidates.next();
-      if (next.done) {
-        if (attempts === 0 && sawFull) {
-          queueDeadline ||= performance.now() + queue.timeout;
-          if (await queue.wait(queueDeadline - performance.now())) {
-            sawFull = false;
-            candidates = settings.selector.candidates(out.select)[Symbol.iterator]();
-            continue;
-          }
-        }
-        break;
-      }
-      const backend = next.value;
-      const retry = attempts > 0;
-      if (retry) {
-        if (attempts > settings.retries) break;
-        if (!budget.tryRetry()) {
-          log.debug("retry refused by the retry budget", {
-            pool: rt.pool.name,
-            requestId: record.requestId,
-          });
-          for (const o of this.parts.observers()) o.retryRefused?.(rt.pool.name);
-          break;
-        }
-      }
-      if (!backend.tryAcquire()) {
-        if (retry) budget.endRetry();
-        sawFull = true;
-        continue;
-      }
-      if (retry) {
-        record.retries++;
-        for (const o of this.parts.observers()) o.retry(backend);
-        held?.abandon();
-        held = undefined;
-      }
-      attempts++;
-      const attempt = new Attempt(backend, queue, out, this.#settle);
-      const attemptStart = attempts === 1 ? out.started : performance.now();
-      try {
-        const reply = await exchange(backend.connections, {
-          method,
-          head: out.hasHost ? out.head + "\r\n" : `${out.head}host: ${backend.authority}\r\n\r\n`,
-          body,
-          chunked: out.chunked,
-          responseTimeout: settings.responseTimeout,
-          requestId: record.requestId,
-          setCookie: settings.sticky && out.select.pinned !== backend.cookie
-            ? stickyCookie(settings.sticky, backend.cookie)
-            : undefined,
-          source: backend.config.proxyProtocol ? proxySource(out.select.request) : undefined,
-          upgrade: out.select.request.upgrade,
-        }, attempt.finish);
-        const upstreamMs = performance.now() - attemptStart;
-        backend.observeLatency(upstreamMs, record.time + (attemptStart - out.started) + upstreamMs);
-        const status = reply.status;
-        if (status >= 500) passive.failure(backend, `status ${status}`);
-        else passive.success(backend);
-        attempt.reply = reply;
-        attempt.upstreamMs = upstreamMs;
-        held = attempt;
-        lastError = undefined;
-        if (
-          !settings.retryOn.has(status) || !IDEMPOTENT_METHODS.has(method) ||
-          (body !== null && !body.rewind()) || out.select.request.upgrade !== undefined
-        ) break;
-      } catch (err) {
-        attempt.release();
-        if (!(err instanceof UpstreamError)) throw err;
-        lastError = err;
-        record.backend = backend;
-        if (err.kind !== "client") {
-          for (const o of this.parts.observers()) o.upstreamError(backend, err);
-          if (err.blamesBackend) passive.failure(backend, err.message);
-          log.warn(`upstream ${backend.url} failed: ${err.message}`, {
-            kind: err.kind,
-            pool: rt.pool.name,
-            requestId: record.requestId,
-          });
-        }
-        if (!err.retryable) break;
-      } finally {
-        if (retry) budget.endRetry();
-      }
-    }
-    if (held) return this.#answer(record, held);
-    body?.cancel();
-    const [status, text] = lastError
-      ? [lastError.status, lastError.kind === "client" ? "Bad Request" : ""]
-      : [503, "Service not available"];
-    if (lastError?.kind === "client") record.error = "client request body failed";
-    const headers: [string, string][] = [["x-request-id", record.requestId]];
-    if (!lastError && sawFull) headers.push(["retry-after", "1"]);
-    return this.#ownReply(record, out.started, status, text || REASON_TEXT[status], headers);
   }
 
   /** Hands the held attempt's response to the client; the record settles when its body is through. */

@@ -206,6 +206,7 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
     servers = openListeners(config, dataPlane.handle, log);
     addrs = servers.map((s) => s.addr);
     stats.clientConnections = () => servers.reduce((n, s) => n + s.connections, 0);
+    stats.tunnelsOpen = () => servers.reduce((n, s) => n + s.tunnels, 0);
   } else {
     router = new Router(config.routes, config.pools[0]?.name ?? DEFAULT_POOL);
     group = new WorkerGroup(workers, counters, () => setupOf(current), {
@@ -254,8 +255,9 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
       transport: "tcp" as const,
     }));
   }
-  for (const addr of addrs) {
-    log.info(`sluice listening on http://${formatHost(addr.hostname)}:${addr.port}`, {
+  for (const [i, addr] of addrs.entries()) {
+    const scheme = listenersOf(config)[i].tls ? "https" : "http";
+    log.info(`sluice listening on ${scheme}://${formatHost(addr.hostname)}:${addr.port}`, {
       strategy: config.pools[0]?.strategy,
       pools: pools.size,
       backends: [...pools.values()].reduce((n, c) => n + c.pool.backends.length, 0),
@@ -409,12 +411,12 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
           hooks: nextHooks,
           previous: dataPlane.table,
         });
-        applyListenerSettings(servers, next);
+        await applyListenerSettings(servers, next);
       } else {
         router = new Router(next.routes, next.pools[0]?.name ?? DEFAULT_POOL, router);
         await group!.reload(setupOf(next));
       }
-      if (JSON.stringify(next.listen) !== JSON.stringify(previous.listen)) {
+      if (restartOnly(next) !== restartOnly(previous)) {
         log.warn("listen address changes take effect after a restart");
       }
       if (JSON.stringify(next.admin) !== JSON.stringify(previous.admin)) {
@@ -515,6 +517,20 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
     },
   };
   return balancer;
+}
+
+/** The listener settings a reload cannot apply (certificates and redirects it can). */
+function restartOnly(config: Config): string {
+  return JSON.stringify(
+    listenersOf(config).map((l) => [
+      l.host,
+      l.port,
+      l.tls !== undefined,
+      l.tls?.minVersion,
+      l.http2,
+      l.proxyProtocol,
+    ]),
+  );
 }
 
 function runtimesOf(pools: ReadonlyMap<string, PoolControl>): Map<string, PoolRuntime> {

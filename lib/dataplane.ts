@@ -210,6 +210,7 @@ export class DataPlane {
         });
       } catch (err) {
         if (reply.body instanceof ReadableStream) reply.body.cancel().catch(() => {});
+        reply.tunnel?.done(0, 0, "hook onResponse failed");
         this.parts.log.error("hook onResponse failed", {
           requestId: record.requestId,
           error: String((err as Error)?.stack ?? err),

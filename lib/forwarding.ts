@@ -1,5 +1,5 @@
 /** What a proxy changes in a request on its way upstream: hop-by-hop headers out, X-Forwarded-* in. */
-import type { ClientRequest } from "./listener/request.ts";
+import type { ClientRequest } from "./message.ts";
 import { isIp, MATCH_NONE } from "./cidr.ts";
 import { connectionTokens, HOP_BY_HOP } from "./http1/wire.ts";
 
@@ -13,6 +13,8 @@ export interface ForwardHead {
   chunked: boolean;
   /** The client's non-empty X-Request-Id, kept in `text` (unless `addRequestId` replaced it). */
   requestId: string | undefined;
+  /** The protocol the request asks to switch to, when its upgrade is forwarded (see `forwardHead`). */
+  upgrade: string | undefined;
 }
 
 /**
@@ -28,6 +30,15 @@ export interface ForwardHead {
  * Repeated identical Content-Length lines (or `5, 5`) go up as one line with the one value
  * (RFC 9110 §8.6); for an absolute-form target, its authority replaces the client's Host
  * line (RFC 9112 §3.2.2).
+ *
+ * An upgrade (`Connection: upgrade` with `Upgrade`, RFC 9110 §7.8) on an HTTP/1.1 request
+ * without a body keeps both headers (Connection with the `upgrade` token alone) and is marked
+ * on the request (`req.upgrade`), so the upstream client turns a `101` into a tunnel. Other
+ * requests lose `Upgrade` like any hop-by-hop header: HTTP/1.0 cannot upgrade (the field is to
+ * be ignored), a switch after a body is not supported, and `h2c` is never passed on (the
+ * balancer speaks h2c itself; a backend that switched would take the connection's later
+ * requests past it). Found in the hop-by-hop branch only: a request without hop-by-hop headers
+ * pays nothing for it.
  */
 export function forwardHead(
   req: ClientRequest,
@@ -42,6 +53,7 @@ export function forwardHead(
   let hasHost = false;
   let sizedLine = false;
   let requestId: string | undefined;
+  let upgrade: number | undefined;
   const absolute = req.absoluteForm === true;
   const { names, keys, values } = req;
   for (let i = 0; i < keys.length; i++) {
@@ -49,6 +61,7 @@ export function forwardHead(
     const value = values[i];
     if (HOP_BY_HOP.has(key)) {
       if (key === "connection") connection = connection ? connection + "," + value : value;
+      else if (key === "upgrade") upgrade = i;
       continue;
     }
     switch (key) {
@@ -96,6 +109,16 @@ export function forwardHead(
     text += "host: " + host + "\r\n";
     hasHost = true;
   }
+  let switchTo: string | undefined;
+  if (
+    upgrade !== undefined && tokens?.has("upgrade") && req.minor === 1 &&
+    req.protocol === undefined && req.length <= 0 && !req.chunked && values[upgrade] !== "" &&
+    !/\bh2c\b/i.test(values[upgrade])
+  ) {
+    switchTo = values[upgrade];
+    text += "connection: upgrade\r\n" + names[upgrade] + ": " + switchTo + "\r\n";
+    req.upgrade = switchTo;
+  }
   text += "x-forwarded-for: " +
     (forwardedFor !== undefined && trusted(clientIp) ? forwardedFor + ", " + clientIp : clientIp) +
     "\r\nx-forwarded-proto: " + proto + "\r\n";
@@ -103,7 +126,7 @@ export function forwardHead(
   if (addRequestId !== undefined) text += "x-request-id: " + addRequestId + "\r\n";
   const chunked = req.chunked;
   if (chunked) text += "transfer-encoding: chunked\r\n";
-  return { text, hasHost, chunked, requestId };
+  return { text, hasHost, chunked, requestId, upgrade: switchTo };
 }
 
 /**

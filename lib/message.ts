@@ -31,8 +31,11 @@ export interface ClientRequest {
   readonly absoluteForm?: boolean;
   /** The local address the client connected to (or a PROXY header's destination). */
   readonly local?: { readonly ip: string; readonly port: number };
-  /** The client asked to switch protocols (`Connection: upgrade` with `Upgrade`). */
-  readonly upgrade?: string;
+  /**
+   * The protocol the client asked to switch to (`Connection: upgrade` with this `Upgrade`), set
+   * by `forwardHead` when it forwards the upgrade (HTTP/1.1, no body); undefined otherwise.
+   */
+  upgrade?: string;
   /** Arrived over TLS. */
   readonly tls?: boolean;
   /** `HTTP/2` for requests that arrived over HTTP/2; HTTP/1.x otherwise. */
@@ -58,26 +61,45 @@ export interface Reply {
   length: number;
   /** Bytes at hand, a stream, or null for no body. */
   body: Uint8Array | ReadableStream<Uint8Array> | null;
-  /** Trailer fields, known once the body stream has ended (chunked HTTP/1.1 only). */
-  trailers?: () => [string, string][] | undefined;
+  /**
+   * Trailer fields, known once the body stream has ended: a backend's chunked response may end
+   * in them. HTTP/1.1 clients receiving a chunked body get them; HTTP/1.0 and HTTP/2 clients
+   * do not (HTTP/1.0 has no trailers; Deno's HTTP/2 server cannot send them).
+   */
+  trailers?: (() => [string, string][] | undefined) | undefined;
   /**
    * Set on a `101 Switching Protocols`: the connection to the backend, for the front end to join
    * to the client's in a byte tunnel once the head is written.
    */
-  tunnel?: Tunnel;
+  tunnel?: Tunnel | undefined;
 }
 
 /** The backend side of an upgraded connection. */
 export interface Tunnel {
+  /** The backend's `Upgrade` value: the protocol switched to. */
+  readonly protocol: string;
   /** Bytes the backend sent after its 101 head, to be delivered first. */
   readonly early: Uint8Array;
   read(buf: Uint8Array): Promise<number | null>;
   write(bytes: Uint8Array): Promise<number>;
   /** Half-closes the way to the backend (the client finished sending). */
   closeWrite(): Promise<void>;
+  /** Closes the backend connection (safe to call twice). */
   close(): void;
-  /** Called once when the tunnel has closed, with the bytes relayed each way. */
+  /**
+   * Closes the backend connection if still open and finishes the request (once; later calls do
+   * nothing), with the bytes relayed each way: when the tunnel has closed, or when the reply is
+   * dropped unused (a front end that cannot tunnel, a failed hook) with an error saying why.
+   */
   done(toBackend: number, toClient: number, error?: string): void;
+}
+
+/**
+ * A request body stream that also carries the trailer fields that ended it (a chunked
+ * HTTP/1.1 upload), read once the stream is done; `RequestBody` passes them upstream.
+ */
+export interface TrailedStream extends ReadableStream<Uint8Array> {
+  trailers?: () => [string, string][] | undefined;
 }
 
 /** Standard reason phrases for the statuses the balancer itself sends. */

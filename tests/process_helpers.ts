@@ -145,7 +145,7 @@ export async function startMain(
   { write = false, timeout = 30_000 } = {},
 ): Promise<{ proc: Subprocess; port: number }> {
   const proc = spawn([...mainArgs({ write }), ...args]);
-  const listening = /sluice listening on http:\/\/[^\s:"]+:(\d+)/;
+  const listening = /sluice listening on https?:\/\/[^\s:"]+:(\d+)/;
   try {
     const [line] = await proc.stderr.waitFor(listening, 1, timeout);
     return { proc, port: Number(listening.exec(line)![1]) };

@@ -2,6 +2,7 @@
 import type { Balancer } from "../balancer.ts";
 import { formatHost, isLoopback } from "../net.ts";
 import { apiError, apiRoutes, json } from "./api.ts";
+import { listenError } from "../assemble.ts";
 import { bearerMatches } from "./auth.ts";
 import { EventStreams } from "./events.ts";
 import { TimeSeries } from "./timeseries.ts";
@@ -118,15 +119,20 @@ export async function startAdmin(balancer: Balancer, options: AdminOptions): Pro
   };
 
   const { promise: listening, resolve: onListen } = Promise.withResolvers<Deno.NetAddr>();
-  const server = Deno.serve({
-    hostname: host,
-    port,
-    onListen: onListen as (addr: Deno.Addr) => void,
-    onError(err) {
-      log.error("admin request failed", { error: String(err) });
-      return apiError(500, "internal error");
-    },
-  }, handle);
+  let server: Deno.HttpServer;
+  try {
+    server = Deno.serve({
+      hostname: host,
+      port,
+      onListen: onListen as (addr: Deno.Addr) => void,
+      onError(err) {
+        log.error("admin request failed", { error: String(err) });
+        return apiError(500, "internal error");
+      },
+    }, handle);
+  } catch (err) {
+    throw listenError(err, { host, port });
+  }
   const addr = await listening;
   // Only once listening: nothing to undo if the port was taken.
   const unobserve = balancer.addObserver(series);

@@ -1,6 +1,6 @@
 /** One HTTP/1.1 connection (a client's, or ours to a backend) with its read buffer and deadline. */
 import { Deadline } from "./deadlines.ts";
-import { type BodyFraming, ChunkedDecoder, latin1Bytes, ParseError } from "./wire.ts";
+import { type BodyFraming, ChunkedDecoder, lastChunk, latin1Bytes, ParseError } from "./wire.ts";
 
 /** Largest read of body bytes at a time. */
 const READ_SIZE = 64 * 1024;
@@ -154,9 +154,10 @@ export class Connection {
     return this.writeJoined(bytes.length.toString(16) + "\r\n", bytes, CRLF);
   }
 
-  /** Ends a chunked body (no trailers). */
-  writeLastChunk(): Promise<void> {
-    return this.write(LAST_CHUNK);
+  /** Ends a chunked body, with `trailers` when there are any. */
+  writeLastChunk(trailers?: readonly (readonly [string, string])[]): Promise<void> {
+    if (trailers === undefined || trailers.length === 0) return this.write(LAST_CHUNK);
+    return this.writeJoined(lastChunk(trailers));
   }
 
   /** Writes all of `bytes`. */
@@ -214,6 +215,11 @@ export class FramedBody {
   /** Chunked data bytes so far, against `max`. */
   #received = 0;
   readonly #chunked: ChunkedDecoder | undefined;
+
+  /** Trailer fields that ended a chunked body, once it is done; undefined when none came. */
+  get trailers(): [string, string][] | undefined {
+    return this.#chunked?.trailers;
+  }
 
   /**
    * `length` counts for `length` framing only; `none` is an empty body. `max`: the largest

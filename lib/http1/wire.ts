@@ -102,6 +102,8 @@ export interface ResponseHead {
   keepAlive: boolean;
   /** Bytes the head occupied, CRLFCRLF included. */
   size: number;
+  /** The `Upgrade` value, kept for a `101 Switching Protocols` (undefined when absent). */
+  upgrade: string | undefined;
 }
 
 /** Thrown by the parser on a malformed head. */
@@ -195,6 +197,7 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
   let chunked = false;
   let transferEncoding = false;
   let connection: Set<string> | undefined;
+  let upgrade: string | undefined;
   for (let pos = eol + 2; pos < len; pos = eol + 2) {
     eol = text.indexOf("\r\n", pos);
     const colon = text.indexOf(":", pos);
@@ -225,7 +228,11 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
         for (const token of connectionTokens(value) ?? []) (connection ??= new Set()).add(token);
         continue;
     }
-    if (HOP_BY_HOP.has(name)) continue;
+    if (HOP_BY_HOP.has(name)) {
+      // Hop-by-hop, but a 101 names the protocol switched to here (RFC 9110 §7.8).
+      if (name === "upgrade") upgrade = value;
+      continue;
+    }
     headers.push([raw, value]);
   }
   if (chunked && contentLength !== -1) {
@@ -259,7 +266,35 @@ export function parseResponseHead(head: Uint8Array, requestMethod: string): Resp
     length: contentLength,
     keepAlive,
     size: head.length + 2,
+    upgrade,
   };
+}
+
+/**
+ * Fields that never pass in a trailer section: hop-by-hop ones, and framing and routing ones a
+ * recipient must not take from trailers (RFC 9110 §6.5.1).
+ */
+const NOT_TRAILERS: ReadonlySet<string> = new Set([
+  ...HOP_BY_HOP,
+  "content-length",
+  "host",
+  "content-encoding",
+  "content-type",
+  "content-range",
+]);
+
+/**
+ * The last chunk with `trailers` (fields a recipient may use there: see `NOT_TRAILERS`), as
+ * text: `0\r\n`, the fields, the empty line.
+ */
+export function lastChunk(trailers: readonly (readonly [string, string])[] | undefined): string {
+  let text = "0\r\n";
+  if (trailers) {
+    for (const [name, value] of trailers) {
+      if (!NOT_TRAILERS.has(name.toLowerCase())) text += name + ": " + value + "\r\n";
+    }
+  }
+  return text + "\r\n";
 }
 
 /** Longest chunk-size line (with extensions) or trailer line accepted. */
@@ -358,6 +393,8 @@ export class ChunkedDecoder {
   remaining = 0;
   /** True once the last chunk and trailer section were consumed. */
   done = false;
+  /** Trailer fields after the last chunk, names as sent; undefined when there were none. */
+  trailers: [string, string][] | undefined = undefined;
   #state: "size" | "data-crlf" | "trailers" = "size";
   #trailerBytes = 0;
 
@@ -422,6 +459,9 @@ export class ChunkedDecoder {
           throw new ParseError("trailer section too large");
         }
         checkTrailer(buf, pos, eol);
+        const line = latin1String(buf.subarray(pos, eol));
+        const colon = line.indexOf(":");
+        (this.trailers ??= []).push([line.slice(0, colon), trimOws(line, colon + 1)]);
       }
       pos = lf + 1;
     }

@@ -55,7 +55,7 @@ export interface H2Reply {
   length?: number;
   body: Uint8Array | ReadableStream<Uint8Array> | null;
   /** A backend connection to tunnel to: HTTP/2 cannot, so it is closed and the client gets 502. */
-  tunnel?: { close(): void } | undefined;
+  tunnel?: { done(toBackend: number, toClient: number, error?: string): void } | undefined;
 }
 
 /** Answers one HTTP/2 request. */
@@ -141,7 +141,7 @@ export function serveHttp2(conn: Deno.Conn, options: H2Options): H2Session {
     }
     if (reply.tunnel !== undefined) {
       // Only an HTTP/1.1 connection can become a tunnel (RFC 8441 is not spoken here).
-      reply.tunnel.close();
+      reply.tunnel.done(0, 0, "an HTTP/2 client cannot switch protocols");
       return new Response("Bad Gateway\n", { status: 502 });
     }
     try {
@@ -280,19 +280,23 @@ export function detectPreface(
   return n === H2_PREFACE.length ? "h2" : "more";
 }
 
+/** Per-connection settings of {@linkcode H2cBridge.serve}. */
+export interface H2cServeOptions {
+  /** The client's address, when not `conn`'s peer (a PROXY header's source). */
+  client?: { ip: string; port: number };
+  /** The address the client connected to. */
+  local?: { readonly ip: string; readonly port: number };
+  /** This connection's handler. @default the bridge's */
+  handler?: H2Handler;
+}
+
 /** A loopback hop into the hyper server for h2c connections whose first bytes we already read. */
 export interface H2cBridge {
   /**
    * Serves `conn` (whose first bytes, at least the preface, are `consumed`) as HTTP/2 by
-   * pumping it into an internal loopback connection that hyper serves. `client` and `local`:
-   * the client's address and the one it connected to, when not `conn`'s own (a PROXY header).
+   * pumping it into an internal loopback connection that hyper serves.
    */
-  serve(
-    conn: Deno.Conn,
-    consumed: Uint8Array,
-    client?: { ip: string; port: number },
-    local?: { readonly ip: string; readonly port: number },
-  ): H2Session;
+  serve(conn: Deno.Conn, consumed: Uint8Array, options?: H2cServeOptions): H2Session;
   /** Closes the internal listener (open bridged connections go on). */
   close(): void;
 }
@@ -324,9 +328,10 @@ export function openH2cBridge(options: Omit<H2Options, "client">): H2cBridge {
   })();
   const address = internal.addr as Deno.NetAddr;
   return {
-    serve(conn, consumed, from, local) {
-      const remote = from ? undefined : conn.remoteAddr as Deno.NetAddr;
-      const client = from ?? { ip: remote!.hostname, port: remote!.port };
+    serve(conn, consumed, own = {}) {
+      const remote = own.client ? undefined : conn.remoteAddr as Deno.NetAddr;
+      const client = own.client ?? { ip: remote!.hostname, port: remote!.port };
+      const { local, handler = options.handler } = own;
       let session: H2Session | undefined;
       let closed = false;
       const finished = (async () => {
@@ -338,7 +343,7 @@ export function openH2cBridge(options: Omit<H2Options, "client">): H2cBridge {
         });
         early.delete(key);
         (inner as Deno.TcpConn).setNoDelay(true);
-        session = serveHttp2(inner, { ...options, client, local });
+        session = serveHttp2(inner, { ...options, handler, client, local });
         if (closed) session.close();
         await writeAll(outer, consumed);
         await Promise.all([pump(conn, outer), pump(outer, conn), session.finished]);

@@ -1,8 +1,10 @@
 /**
- * The client-facing HTTP/1.1 server over `Deno.listen`: keep-alive, pipelining (answered in
- * order), strict request parsing within configurable limits, slow-client timeouts, graceful
- * drain, and the PROXY protocol behind a TCP proxy. Headers pass through as sent (case,
- * order, repeats) and the backend's reason phrase reaches the client.
+ * The client-facing server: HTTP/1.1 over plain TCP or TLS (keep-alive, pipelining answered in
+ * order, strict request parsing within configurable limits, slow-client timeouts, graceful
+ * drain, the PROXY protocol behind a TCP proxy), HTTP/2 by ALPN on TLS and by prior knowledge
+ * (h2c) on plain listeners that enable it, and byte tunnels for upgraded connections
+ * (WebSocket and any other `Upgrade` a backend accepts with `101`). HTTP/1.1 headers pass
+ * through as sent (case, order, repeats) and the backend's reason phrase reaches the client.
  */
 import { MATCH_NONE } from "../cidr.ts";
 import {
@@ -12,31 +14,36 @@ import {
   FramedBody,
   HeadTooLarge,
 } from "../http1/connection.ts";
+import { Deadline } from "../http1/deadlines.ts";
 import { type Endpoint, parseProxyHeader } from "../http1/proxy_protocol.ts";
-import { findHeadEnd, httpDate, latin1Bytes, ParseError } from "../http1/wire.ts";
+import { Relay, type TunnelEnd } from "../http1/tunnel.ts";
+import { findHeadEnd, latin1Bytes, ParseError } from "../http1/wire.ts";
 import {
   type ClientRequest,
-  DEFAULT_LIMITS,
-  parseRequestHead,
-  RequestError,
-  type RequestLimits,
-} from "./request.ts";
+  REASONS,
+  type Reply,
+  textReply,
+  type TrailedStream,
+  type Tunnel,
+} from "../message.ts";
+import type { LoadedCertificate } from "../tls/certificates.ts";
+import { type AcceptedTls, handshake, openTlsListener, type TlsListener } from "../tls/listener.ts";
+import {
+  detectPreface,
+  type H2cBridge,
+  type H2Session,
+  HTTP2_AVAILABLE,
+  openH2cBridge,
+  serveHttp2,
+} from "./h2.ts";
+import { DEFAULT_LIMITS, parseRequestHead, RequestError, type RequestLimits } from "./request.ts";
 
 export { BodyTooLarge, DEFAULT_LIMITS, type RequestLimits };
 
-/** A response for the server to send. */
-export interface Reply {
-  status: number;
-  reason: string;
-  /** Header fields as they are to be sent, without framing (Content-Length, Transfer-Encoding, Connection). */
-  headers: [string, string][];
-  /** The Content-Length to send, or -1 when unknown (then chunked, or delimited by close for HTTP/1.0). */
-  length: number;
-  /** Bytes at hand, a stream, or null for no body. */
-  body: Uint8Array | ReadableStream<Uint8Array> | null;
-}
+export type { ClientRequest, Reply };
+export { textReply };
 
-/** Answers one request. */
+/** Answers one request (a front end's request: HTTP/1.x, or HTTP/2 with `protocol`). */
 export type Handler = (request: ClientRequest) => Promise<Reply>;
 
 /** Client-side timeouts, ms; read at each use, so a reload applies to open connections too. */
@@ -47,12 +54,26 @@ export interface ClientTimeouts {
   idle: number;
   /** A request in progress: the longest wait for more of its body, or for the client to take more of the response. */
   client: number;
+  /** An upgraded connection (tunnel) with no byte either way; a tunnel open has no other limit. @default 3600000 */
+  tunnel?: number;
+}
+
+/** TLS termination settings of a listener. */
+export interface ServeTls {
+  /** Loaded certificates (lib/tls/certificates.ts); chosen by SNI, the first is the default. */
+  certificates: readonly LoadedCertificate[];
+  /** Lowest TLS version accepted ("1.3" costs a ClientHello-reading front). @default "1.2" */
+  minVersion?: "1.2" | "1.3";
+  /** Force the TLS listener's mode (see lib/tls/listener.ts). @default by minVersion and proxyProtocol */
+  mode?: "native" | "front";
 }
 
 /** How to listen and what to call. */
 export interface ServeOptions {
   hostname: string;
   port: number;
+  /** Share the port with other listeners (worker threads); needs `--unstable-net`. @default false */
+  reusePort?: boolean;
   timeouts: ClientTimeouts;
   /** Request size limits, read per request (like `timeouts`). @default DEFAULT_LIMITS */
   limits?: RequestLimits;
@@ -65,6 +86,14 @@ export interface ServeOptions {
   proxyProtocol?: boolean;
   /** The trusted proxies (`cidrMatcher(trustedProxies)`). @default nobody */
   trusted?: (ip: string) => boolean;
+  /** Terminate TLS with these settings. @default plain TCP */
+  tls?: ServeTls;
+  /**
+   * Serve HTTP/2 too: `h2` offered by ALPN next to `http/1.1` on TLS; on plain TCP, a
+   * connection that starts with the HTTP/2 preface (prior knowledge, h2c) is served as HTTP/2.
+   * @default false
+   */
+  http2?: boolean;
   handler: Handler;
   /** Told about a handler that threw (the client gets a 500) or a failed accept. */
   onError(err: unknown): void;
@@ -73,8 +102,16 @@ export interface ServeOptions {
 /** A running server. */
 export interface Server {
   readonly addr: Deno.NetAddr;
-  /** Client connections open now. */
+  /** Client connections open now (HTTP/1.x, HTTP/2 and TLS handshakes in progress). */
   readonly connections: number;
+  /** Tunnels (upgraded connections) open now. */
+  readonly tunnels: number;
+  /** The TLS listener (certificate reloads, TCP_NODELAY state), undefined on plain TCP. */
+  readonly tls: TlsListener | undefined;
+  /** Whether HTTP/2 is served (h2 by ALPN, or h2c). */
+  readonly http2: boolean;
+  /** Answers every request; read per request, so a reload may replace it. */
+  handler: Handler;
   timeouts: ClientTimeouts;
   /** Read per request: a reload may replace it. */
   limits: RequestLimits;
@@ -89,43 +126,77 @@ export interface Server {
   close(): void;
 }
 
-const REASONS: Record<number, string> = {
-  400: "Bad Request",
-  408: "Request Timeout",
-  413: "Content Too Large",
-  414: "URI Too Long",
-  431: "Request Header Fields Too Large",
-  500: "Internal Server Error",
-  501: "Not Implemented",
-  502: "Bad Gateway",
-  503: "Service Unavailable",
-  504: "Gateway Timeout",
-  505: "HTTP Version Not Supported",
-};
+/**
+ * Answers every request with `308 Permanent Redirect` to the same target over HTTPS on `port`
+ * of the host the client asked for (`redirectHttps`); the default port 443 is left out.
+ */
+export function httpsRedirect(port: number): Handler {
+  const suffix = port === 443 ? "" : ":" + port;
+  return (req) => {
+    req.body?.cancel().catch(() => {});
+    const host = req.host !== undefined
+      ? hostOf(req.host)
+      : req.local !== undefined
+      ? (req.local.ip.includes(":") ? `[${req.local.ip}]` : req.local.ip)
+      : "localhost";
+    const location = "https://" + host + suffix + (req.target === "*" ? "/" : req.target);
+    const reply = textReply(308, `Redirecting to ${location}\n`);
+    reply.headers.push(["location", location]);
+    return Promise.resolve(reply);
+  };
+}
 
-/** A small plain-text reply generated by the balancer itself. */
-export function textReply(status: number, text: string, headers: [string, string][] = []): Reply {
-  const body = latin1Bytes(text);
-  headers.push(["content-type", "text/plain; charset=utf-8"], ["date", httpDate()]);
-  return { status, reason: REASONS[status] ?? "", headers, length: body.length, body };
+/** `host` without its port: `example.com`, `[::1]`. */
+function hostOf(authority: string): string {
+  if (authority.startsWith("[")) return authority.slice(0, authority.indexOf("]") + 1);
+  const colon = authority.indexOf(":");
+  return colon === -1 ? authority : authority.slice(0, colon);
 }
 
 const CONTINUE = new TextEncoder().encode("HTTP/1.1 100 Continue\r\n\r\n");
 /** How long a closing connection keeps reading what the client still sends, so it sees our last response. */
 const LINGER = 2_000;
+/** `timeouts.tunnel` when unset. */
+const TUNNEL_TIMEOUT = 3_600_000;
 
 /** Starts the server, listening at once. */
 export function serve(options: ServeOptions): Server {
-  const listener = Deno.listen({ hostname: options.hostname, port: options.port });
+  const http2 = (options.http2 ?? false) && HTTP2_AVAILABLE;
+  const secure = options.tls;
+  const tcp = secure ? undefined : Deno.listen({
+    hostname: options.hostname,
+    port: options.port,
+    ...(options.reusePort ? { reusePort: true } : {}),
+  });
   const sessions = new Set<Session>();
+  /** HTTP/2 connections (h2 by ALPN, or h2c through the bridge). */
+  const h2 = new Set<H2Conn>();
+  /** TLS connections still in their handshake. */
+  const handshaking = new Set<Deno.TlsConn>();
+  let tunnels = 0;
   let draining = false;
   let closed: () => void;
   const finished = new Promise<void>((resolve) => closed = resolve);
   let accepting = true;
+  let bridge: H2cBridge | undefined;
+  let tls: TlsListener | undefined;
   const server: Server = {
-    addr: listener.addr as Deno.NetAddr,
+    addr: undefined as unknown as Deno.NetAddr,
     get connections() {
-      return sessions.size;
+      return sessions.size + h2.size + handshaking.size;
+    },
+    get tunnels() {
+      return tunnels;
+    },
+    get tls() {
+      return tls;
+    },
+    http2,
+    get handler() {
+      return context.handler;
+    },
+    set handler(handler: Handler) {
+      context.handler = handler;
     },
     timeouts: options.timeouts,
     limits: options.limits ?? { ...DEFAULT_LIMITS },
@@ -136,32 +207,135 @@ export function serve(options: ServeOptions): Server {
       stopAccepting();
       draining = true;
       for (const s of sessions) if (s.waiting === "idle") s.conn.close();
+      for (const c of handshaking) closeQuietly(c);
+      for (const c of h2) c.shutdown();
       return settle();
     },
     close() {
       stopAccepting();
       draining = true;
-      for (const s of sessions) s.conn.close();
+      for (const s of sessions) s.closeNow();
+      for (const c of handshaking) closeQuietly(c);
+      for (const c of h2) c.session.close();
     },
   };
   const stopAccepting = () => {
     if (!accepting) return;
     accepting = false;
-    closeQuietly(listener);
+    if (tcp) closeQuietly(tcp);
+    tls?.close();
+    bridge?.close();
   };
   const settle = (): Promise<void> => {
-    if (sessions.size === 0 && !accepting) closed();
+    if (sessions.size === 0 && h2.size === 0 && handshaking.size === 0 && !accepting) closed();
     return finished;
   };
   const context: SessionContext = {
     server,
     handler: options.handler,
     onError: options.onError,
+    h2c: http2 && !secure,
     get draining() {
       return draining;
     },
+    tunnel(delta: number) {
+      tunnels += delta;
+    },
+    serveH2c(conn, consumed, client, local) {
+      bridge ??= openH2cBridge({
+        handler: (req) => context.handler(req),
+        onError: options.onError,
+      });
+      const c = new H2Conn(context);
+      track(c, bridge.serve(conn, consumed, { client, local, handler: c.handler }));
+    },
+  };
+  /** Counts an HTTP/2 connection until it ends. */
+  const track = (c: H2Conn, session: H2Session) => {
+    c.start(session);
+    h2.add(c);
+    session.finished.finally(() => {
+      c.idle.disarm();
+      h2.delete(c);
+      if (!accepting) settle();
+    });
+  };
+  const start = (session: Session) => {
+    sessions.add(session);
+    session.run().finally(() => {
+      sessions.delete(session);
+      if (!accepting) settle();
+    });
+  };
+  /** A TLS connection: its handshake, then HTTP/2 or HTTP/1.1 as ALPN chose. */
+  const serveTls = async (accepted: AcceptedTls) => {
+    const { conn, remoteAddr } = accepted;
+    handshaking.add(conn);
+    let protocol: string | null;
+    try {
+      protocol = await handshake(conn, server.timeouts.header);
+    } catch {
+      return; // handshake() closed it
+    } finally {
+      handshaking.delete(conn);
+      if (!accepting) settle();
+    }
+    if (!accepting && draining) {
+      closeQuietly(conn);
+      return;
+    }
+    const local: Endpoint = accepted.local ?? new LocalAddress(conn);
+    if (protocol === "h2" && http2) {
+      const c = new H2Conn(context);
+      track(
+        c,
+        serveHttp2(conn, {
+          handler: c.handler,
+          onError: options.onError,
+          client: { ip: remoteAddr.hostname, port: remoteAddr.port },
+          local: { ip: local.ip, port: local.port },
+          tls: true,
+        }),
+      );
+      return;
+    }
+    start(new Session(conn, remoteAddr.hostname, remoteAddr.port, local, context, true));
   };
 
+  if (secure) {
+    tls = openTlsListener({
+      hostname: options.hostname,
+      port: options.port,
+      certificates: secure.certificates,
+      alpnProtocols: http2 ? ["h2", "http/1.1"] : ["http/1.1"],
+      minVersion: secure.minVersion,
+      mode: secure.mode,
+      reusePort: options.reusePort,
+      helloTimeout: options.timeouts.header,
+      proxyProtocol: options.proxyProtocol
+        ? { enabled: () => server.proxyProtocol, trusted: (ip) => server.trusted(ip) }
+        : undefined,
+      onError: options.onError,
+    });
+    (server as { addr: Deno.NetAddr }).addr = tls.addr;
+    const listener = tls;
+    (async () => {
+      while (accepting) {
+        let accepted: AcceptedTls;
+        try {
+          accepted = await listener.accept();
+        } catch {
+          break; // closed
+        }
+        serveTls(accepted);
+      }
+      settle();
+    })();
+    return server;
+  }
+
+  const listener = tcp!;
+  (server as { addr: Deno.NetAddr }).addr = listener.addr as Deno.NetAddr;
   (async () => {
     while (accepting) {
       let raw: Deno.TcpConn;
@@ -182,17 +356,15 @@ export function serve(options: ServeOptions): Server {
       }
       let session: Session;
       try {
-        session = new Session(raw, context);
+        raw.setNoDelay(true);
+        const addr = raw.remoteAddr as Deno.NetAddr;
+        session = new Session(raw, addr.hostname, addr.port, new LocalAddress(raw), context, false);
       } catch {
         // Reset before we got to it.
         closeQuietly(raw);
         continue;
       }
-      sessions.add(session);
-      session.run().finally(() => {
-        sessions.delete(session);
-        if (!accepting) settle();
-      });
+      start(session);
     }
     settle();
   })();
@@ -201,9 +373,98 @@ export function serve(options: ServeOptions): Server {
 
 interface SessionContext {
   readonly server: Server;
-  readonly handler: Handler;
+  /** The handler in force (a reload may replace it). */
+  handler: Handler;
   readonly draining: boolean;
+  /** Plain TCP with HTTP/2: look for the h2c preface on each new connection. */
+  readonly h2c: boolean;
   onError(err: unknown): void;
+  /** A tunnel opened (+1) or closed (-1). */
+  tunnel(delta: number): void;
+  /** Serves a connection that began with the h2c preface (`consumed`: the bytes read so far). */
+  serveH2c(conn: Deno.Conn, consumed: Uint8Array, client: Endpoint, local: Endpoint): void;
+}
+
+/**
+ * One HTTP/2 connection: its streams counted, so it can be closed once idle for
+ * `timeouts.idle` (GOAWAY, then the close once open streams are through). One that never
+ * opened a stream (a client that sent no preface, say) is closed outright: hyper's graceful
+ * shutdown would wait for its preface forever.
+ */
+class H2Conn {
+  session!: H2Session;
+  readonly idle: Deadline;
+  #active = 0;
+  #streams = 0;
+
+  constructor(readonly context: SessionContext) {
+    this.idle = new Deadline(() => this.shutdown());
+  }
+
+  start(session: H2Session): void {
+    this.session = session;
+    this.idle.arm(this.context.server.timeouts.idle);
+  }
+
+  /** Serves one stream through the server's handler, keeping count. */
+  handler = async (req: ClientRequest): Promise<Reply> => {
+    this.#active++;
+    this.#streams++;
+    this.idle.disarm();
+    try {
+      return limitH2(req, this.context.server.limits) ?? await this.context.handler(req);
+    } finally {
+      if (--this.#active === 0 && !this.context.draining) {
+        this.idle.arm(this.context.server.timeouts.idle);
+      }
+    }
+  };
+
+  /** Asks the client to go (GOAWAY) and closes once its streams are through. */
+  shutdown(): void {
+    if (this.#streams === 0) this.session.close();
+    else this.session.shutdown();
+  }
+}
+
+/**
+ * Holds an HTTP/2 request to the limits HTTP/1.1 requests meet (hyper has its own, looser
+ * ones): 414 for a long target, 431 for too many or too large header fields, 413 for a declared
+ * length over `maxBodySize`; a body of unknown length is cut off with `BodyTooLarge` past it.
+ * Undefined when the request may go on.
+ */
+function limitH2(req: ClientRequest, limits: RequestLimits): Reply | undefined {
+  let refused: Reply | undefined;
+  const { keys, values } = req;
+  let size = req.method.length + req.target.length + 14;
+  for (let i = 0; i < keys.length; i++) size += keys[i].length + values[i].length + 4;
+  if (req.target.length > limits.maxUriLength) {
+    refused = textReply(414, `request target longer than ${limits.maxUriLength} bytes\n`);
+  } else if (keys.length > limits.maxHeaders) {
+    refused = textReply(431, `more than ${limits.maxHeaders} header fields\n`);
+  } else if (size > limits.maxHeaderBytes) {
+    refused = textReply(431, `request head larger than ${limits.maxHeaderBytes} bytes\n`);
+  } else if (req.length > limits.maxBodySize) {
+    refused = textReply(413, `request body larger than ${limits.maxBodySize} bytes\n`);
+  }
+  if (refused) {
+    req.body?.cancel().catch(() => {});
+    return refused;
+  }
+  const max = limits.maxBodySize;
+  if (req.body !== null && req.length < 0 && max !== Infinity) {
+    let seen = 0;
+    req.body = req.body.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, controller) {
+          seen += chunk.length;
+          if (seen > max) controller.error(new BodyTooLarge(max));
+          else controller.enqueue(chunk);
+        },
+      }),
+    );
+  }
+  return undefined;
 }
 
 /** The address a client connected to, read from the socket only if someone asks. */
@@ -221,25 +482,32 @@ class LocalAddress implements Endpoint {
 /** One client connection, serving its requests one after another. */
 class Session {
   readonly conn: Connection;
-  /** The client's address: the peer's, or the PROXY header's source. */
-  ip: string;
-  port: number;
-  local: Endpoint;
   /** What the connection's deadline is timing, if anything ("proxy": the PROXY header). */
-  waiting: "proxy" | "idle" | "head" | "body" | "send" | undefined;
+  waiting: "proxy" | "idle" | "head" | "body" | "send" | "tunnel" | undefined;
   /** The head being read has a request-target within `maxUriLength` (checked once per head). */
   #targetChecked = false;
   /** The 408 being sent after a timeout; the connection closes once it is out. */
   #timedOut: Promise<void> | undefined;
   /** A response head has been written for the current request. */
   responded = false;
+  /** The connection went to another server (h2c): it is not this session's to close. */
+  #handedOff = false;
+  /** The tunnel this connection became, while it lasts. */
+  #relay: Relay | undefined;
+  #tunnel: Tunnel | undefined;
 
-  constructor(raw: Deno.TcpConn, readonly context: SessionContext) {
-    raw.setNoDelay(true);
-    const addr = raw.remoteAddr as Deno.NetAddr;
-    this.ip = addr.hostname;
-    this.port = addr.port;
-    this.local = new LocalAddress(raw);
+  /**
+   * `ip`/`port`: the client's address (the PROXY header's source may replace it); `local`: the
+   * address it connected to; `tls`: the connection is TLS (requests are marked so).
+   */
+  constructor(
+    raw: Deno.Conn,
+    public ip: string,
+    public port: number,
+    public local: Endpoint,
+    readonly context: SessionContext,
+    readonly tls: boolean,
+  ) {
     // Small: most heads fit, and idle keep-alive connections are many (bodies bypass it).
     this.conn = new Connection(raw, this.#expired, 4 * 1024);
   }
@@ -250,11 +518,24 @@ class Session {
       // The client still owes us its request: say why it is cut off.
       this.#timedOut = conn.write(refusal(408, "request not received in time"))
         .catch(() => {}).finally(() => conn.close());
+    } else if (this.waiting === "tunnel" && this.#relay) {
+      const idle = this.context.server.timeouts.tunnel ?? TUNNEL_TIMEOUT;
+      this.#relay.abort(`tunnel idle for ${idle}ms (timeouts.tunnel)`);
     } else conn.close();
   };
 
+  /** Closes the connection now; a tunnel is finished at once (its request is recorded now). */
+  closeNow(): void {
+    const relay = this.#relay;
+    if (relay) {
+      relay.abort("closed at shutdown");
+      this.#tunnel!.done(relay.toBackend, relay.toClient, relay.error);
+    }
+    this.conn.close();
+  }
+
   /** Times `what` (a wait on the client) from now; `disarm` ends it. */
-  wait(what: "proxy" | "idle" | "head" | "body" | "send", ms: number): void {
+  wait(what: "proxy" | "idle" | "head" | "body" | "send" | "tunnel", ms: number): void {
     this.waiting = what;
     this.conn.deadline.arm(ms);
   }
@@ -267,7 +548,11 @@ class Session {
   async run(): Promise<void> {
     const conn = this.conn;
     try {
-      if (this.context.server.proxyProtocol && !(await this.#readProxyHeader())) return;
+      // On TLS, the listener's front reads the PROXY header (it comes before the handshake).
+      if (!this.tls && this.context.server.proxyProtocol && !(await this.#readProxyHeader())) {
+        return;
+      }
+      if (this.context.h2c && (await this.#h2c()) !== false) return;
       for (;;) {
         const request = await this.#readHead();
         if (request === undefined) return;
@@ -283,8 +568,44 @@ class Session {
     } finally {
       this.disarm();
       await this.#timedOut;
-      conn.close();
+      if (!this.#handedOff) conn.close();
     }
+  }
+
+  /**
+   * Reads the first bytes: true when they are the HTTP/2 preface (the connection then goes to
+   * the h2c bridge), false for HTTP/1.x, undefined when the client left first. Once per
+   * connection, on plain listeners with `http2` only.
+   */
+  async #h2c(): Promise<boolean | undefined> {
+    const conn = this.conn;
+    const timeouts = this.context.server.timeouts;
+    if (conn.start === conn.end) this.wait("idle", timeouts.idle);
+    else this.wait("head", timeouts.header);
+    try {
+      for (;;) {
+        const seen = detectPreface(conn.buf, conn.start, conn.end);
+        if (seen === "http1") return false;
+        if (seen === "h2") break;
+        if ((await conn.fill()) === null) return undefined;
+        if (this.waiting === "idle") {
+          if (this.context.draining) return undefined;
+          this.wait("head", timeouts.header);
+        }
+      }
+    } catch {
+      return undefined; // reset, or closed by a timeout
+    } finally {
+      this.disarm();
+    }
+    this.#handedOff = true;
+    this.context.serveH2c(
+      conn.raw,
+      conn.buf.slice(conn.start, conn.end),
+      { ip: this.ip, port: this.port },
+      { ip: this.local.ip, port: this.local.port },
+    );
+    return true;
   }
 
   /**
@@ -438,6 +759,7 @@ class Session {
   async #exchange(request: ClientRequest): Promise<boolean> {
     const body = request.chunked || request.length > 0 ? new ClientBody(this, request) : undefined;
     if (body) request.body = body.stream;
+    if (this.tls) (request as { tls?: boolean }).tls = true;
     this.responded = false;
     let reply: Reply;
     let failed = false;
@@ -457,6 +779,7 @@ class Session {
     }
     this.responded = true;
     const status = reply.status;
+    if (status === 101) return await this.#switch(request, reply);
     const noBody = request.method === "HEAD" || status === 204 || status === 304;
     let keepAlive = !request.close && !failed && !this.context.draining &&
       (body === undefined || body.done);
@@ -487,7 +810,7 @@ class Session {
       } else {
         await conn.writeJoined(head);
         this.disarm();
-        if (!(await this.#relay(payload, chunked))) return false;
+        if (!(await this.#send(payload, chunked, reply))) return false;
       }
     } catch {
       if (payload instanceof ReadableStream) payload.cancel().catch(() => {});
@@ -499,7 +822,11 @@ class Session {
   }
 
   /** Copies a streamed body to the client; false if either side failed part-way. */
-  async #relay(stream: ReadableStream<Uint8Array>, chunked: boolean): Promise<boolean> {
+  async #send(
+    stream: ReadableStream<Uint8Array>,
+    chunked: boolean,
+    reply: Reply,
+  ): Promise<boolean> {
     const reader = stream.getReader();
     const conn = this.conn;
     for (;;) {
@@ -525,8 +852,65 @@ class Session {
         this.disarm();
       }
     }
-    if (chunked) await conn.writeLastChunk();
+    // The backend's trailer fields go to a chunked (HTTP/1.1) client; HTTP/1.0 has none.
+    if (chunked) await conn.writeLastChunk(reply.trailers?.());
     return true;
+  }
+
+  /**
+   * A backend switched protocols (`101`): sends its head (and any bytes that came after it),
+   * then relays bytes both ways until the tunnel closes, idle for at most `timeouts.tunnel`.
+   * The connection never carries HTTP again; false always.
+   */
+  async #switch(request: ClientRequest, reply: Reply): Promise<boolean> {
+    const tunnel = reply.tunnel;
+    const conn = this.conn;
+    if (tunnel === undefined || request.minor === 0) {
+      tunnel?.done(0, 0, "the client cannot switch protocols");
+      await conn.write(refusal(502, "unexpected 101 Switching Protocols")).catch(() => {});
+      return false;
+    }
+    const head = replyHead(
+      { ...reply, length: -1 },
+      "connection: upgrade\r\nupgrade: " + tunnel.protocol + "\r\n",
+    );
+    this.wait("send", this.context.server.timeouts.client);
+    try {
+      await conn.writeJoined(head, tunnel.early);
+    } catch {
+      tunnel.done(0, 0, "client closed the connection");
+      return false;
+    } finally {
+      this.disarm();
+    }
+    // Bytes the client sent after its request head (it may not wait for the 101) go first.
+    const early = conn.start < conn.end ? conn.buf.slice(conn.start, conn.end) : undefined;
+    conn.start = conn.end = 0;
+    const server = this.context.server;
+    const client: TunnelEnd = {
+      read: (buf) => conn.raw.read(buf),
+      write: (bytes) => conn.raw.write(bytes),
+      closeWrite: () => conn.raw.closeWrite(),
+      close: () => conn.close(),
+    };
+    const relay = new Relay(client, tunnel, {
+      clientEarly: early,
+      backendEarly: tunnel.early.length,
+      activity: () => this.wait("tunnel", server.timeouts.tunnel ?? TUNNEL_TIMEOUT),
+    });
+    this.#relay = relay;
+    this.#tunnel = tunnel;
+    this.context.tunnel(1);
+    this.wait("tunnel", server.timeouts.tunnel ?? TUNNEL_TIMEOUT);
+    try {
+      const result = await relay.finished;
+      tunnel.done(result.toBackend, result.toClient, result.error);
+    } finally {
+      this.disarm();
+      this.#relay = undefined;
+      this.context.tunnel(-1);
+    }
+    return false;
   }
 
   /** Closes after reading (and dropping) what the client still sends for a while, so it gets our response rather than a reset. */
@@ -601,6 +985,8 @@ class ClientBody {
         // Left unread: the connection closes after the response.
       },
     }, { highWaterMark: 0 });
+    // A chunked upload may end in trailer fields: they go upstream after it (RequestBody).
+    if (request.chunked) (this.stream as TrailedStream).trailers = () => body.trailers;
   }
 
   /** The whole body has been read. */

@@ -16,8 +16,14 @@
  * It also learns each connection's SNI name, and reloads without `reusePort`. Costs about 2x the
  * CPU per handshake and 3x per small request (measured), so only listeners that need it use it.
  */
+import { parseProxyHeader } from "../http1/proxy_protocol.ts";
 import { type LoadedCertificate, selectCertificate } from "./certificates.ts";
-import { ALERT_PROTOCOL_VERSION, parseClientHello, TLS13 } from "./client_hello.ts";
+import {
+  ALERT_PROTOCOL_VERSION,
+  type ClientHello,
+  parseClientHello,
+  TLS13,
+} from "./client_hello.ts";
 import { setListenerNoDelay } from "./nodelay.ts";
 
 /** How to listen. */
@@ -30,8 +36,22 @@ export interface TlsListenerOptions {
   alpnProtocols?: string[];
   /** Lowest TLS version accepted; "1.3" selects the "front" mode. @default "1.2" */
   minVersion?: "1.2" | "1.3";
-  /** Force a mode (tests, benchmarks). @default "front" for minVersion "1.3", else "native" */
+  /**
+   * Force a mode. @default "front" for minVersion "1.3" or `proxyProtocol`, else "native"
+   */
   mode?: "native" | "front";
+  /**
+   * Share the port with other listeners (worker threads). Native mode always binds with
+   * `reusePort` when it can (its reloads need it); without this option it first checks that
+   * nothing else holds the port, so a port in use still fails with `AddrInUse`. @default false
+   */
+  reusePort?: boolean;
+  /**
+   * Front mode: read a PROXY protocol header (v1 or v2) before the ClientHello, from peers
+   * `trusted` accepts (others are closed at once); its source becomes `remoteAddr`, its
+   * destination `local`. `enabled` is read per connection. @default off
+   */
+  proxyProtocol?: { enabled(): boolean; trusted(ip: string): boolean };
   /** Distinct SNI names the native resolver may cache before the listener is replaced. @default 10000 */
   maxNames?: number;
   /** How long a replaced native listener still accepts, ms. @default 100 */
@@ -56,6 +76,8 @@ export interface AcceptedTls {
   remoteAddr: Deno.NetAddr;
   /** The SNI name, lower-case, when known (front mode only; native Deno does not expose it). */
   serverName: string | undefined;
+  /** The address the client connected to (front mode: the public side, or a PROXY header's destination); native: read it from `conn`. */
+  local?: { ip: string; port: number };
 }
 
 /** A running TLS listener. */
@@ -72,7 +94,12 @@ export interface TlsListener {
   /** The next connection; rejects once the listener is closed. */
   accept(): Promise<AcceptedTls>;
   /** New handshakes use `certificates` from now on; open connections keep theirs. */
-  reload(certificates: readonly LoadedCertificate[]): void;
+  /**
+   * New handshakes use `certificates` from now on; open connections keep theirs. Resolves once
+   * every handshake accepted from then on gets them (a swapped-out native listener still
+   * accepts for its `grace` period).
+   */
+  reload(certificates: readonly LoadedCertificate[]): Promise<void>;
   /** Stops accepting (open connections go on). */
   close(): void;
 }
@@ -109,7 +136,8 @@ export function reusePortAllowed(): boolean {
 
 /** Opens the listener at once; throws when the port is taken or a native swap is unavailable. */
 export function openTlsListener(options: TlsListenerOptions): TlsListener {
-  const mode = options.mode ?? (options.minVersion === "1.3" ? "front" : "native");
+  const mode = options.mode ??
+    (options.minVersion === "1.3" || options.proxyProtocol ? "front" : "native");
   return mode === "front" ? openFront(options) : openNative(options);
 }
 
@@ -224,6 +252,8 @@ function openNative(options: TlsListenerOptions): TlsListener {
       handoff.put({ conn, remoteAddr: conn.remoteAddr as Deno.NetAddr, serverName: undefined });
     }
   };
+  /** Resolves once the listener replaced last has stopped accepting. */
+  let retired: Promise<void> = Promise.resolve();
   const swap = () => {
     if (handoff.closed || swapping) return;
     swapping = true;
@@ -231,7 +261,12 @@ function openNative(options: TlsListenerOptions): TlsListener {
       const old = current;
       if (reusePort) {
         current = listen(true);
-        setTimeout(() => closeQuietly(old), grace);
+        retired = new Promise((resolve) =>
+          setTimeout(() => {
+            closeQuietly(old);
+            resolve();
+          }, grace)
+        );
       } else {
         // Without --unstable-net: a moment with no listener, connections in it are refused.
         closeQuietly(old);
@@ -246,6 +281,11 @@ function openNative(options: TlsListenerOptions): TlsListener {
   };
 
   const reusePort = reusePortAllowed();
+  if (reusePort && !options.reusePort && options.port !== 0) {
+    // SO_REUSEPORT would let us join another process's socket on this port: make sure there is
+    // none (a plain bind fails then), as a listener without reusePort would.
+    Deno.listen({ hostname: options.hostname, port: options.port }).close();
+  }
   current = listen(reusePort);
   const addr = current.addr as Deno.NetAddr;
   port = addr.port;
@@ -262,6 +302,7 @@ function openNative(options: TlsListenerOptions): TlsListener {
       if (next.length === 0) throw new Error("no certificates");
       certificates = next;
       swap();
+      return retired;
     },
     close() {
       handoff.close();
@@ -276,9 +317,13 @@ function openFront(options: TlsListenerOptions): TlsListener {
   const helloTimeout = options.helloTimeout ?? 10_000;
   const maxNames = options.maxNames ?? 10_000;
   const handoff = new Handoff();
-  const front = Deno.listen({ hostname: options.hostname, port: options.port });
+  const front = Deno.listen({
+    hostname: options.hostname,
+    port: options.port,
+    ...(options.reusePort ? { reusePort: true } : {}),
+  });
   /** Clients waiting for their internal side, by the loopback port they connect from. */
-  const pending = new Map<number, { remoteAddr: Deno.NetAddr; serverName: string | undefined }>();
+  const pending = new Map<number, Omit<AcceptedTls, "conn">>();
   /** Internal connections accepted before their client was filed in `pending`. */
   const arrived = new Map<number, Deno.TlsConn>();
   let certificates = options.certificates;
@@ -349,21 +394,48 @@ function openFront(options: TlsListenerOptions): TlsListener {
     let buf = new Uint8Array(2048);
     let end = 0;
     const timer = setTimeout(() => closeQuietly(client), helloTimeout);
-    let hello;
+    const peer = client.remoteAddr as Deno.NetAddr;
+    const own = client.localAddr as Deno.NetAddr;
+    let remoteAddr = peer;
+    let local = { ip: own.hostname, port: own.port };
+    const read = async (): Promise<boolean> => {
+      if (end === buf.length) {
+        const grown = new Uint8Array(buf.length * 2);
+        grown.set(buf);
+        buf = grown;
+      }
+      const n = await client.read(buf.subarray(end));
+      if (n === null) return false;
+      end += n;
+      return true;
+    };
+    let hello: ClientHello | "more" | "invalid";
     try {
-      for (;;) {
-        if (end === buf.length) {
-          const grown = new Uint8Array(buf.length * 2);
-          grown.set(buf);
-          buf = grown;
+      const proxy = options.proxyProtocol;
+      if (proxy?.enabled()) {
+        if (!proxy.trusted(peer.hostname)) return closeQuietly(client);
+        for (;;) {
+          const header = parseProxyHeader(buf, 0, end);
+          if (header) {
+            const from = header.addresses?.source;
+            if (from) remoteAddr = { transport: "tcp", hostname: from.ip, port: from.port };
+            if (header.addresses) local = { ...header.addresses.destination };
+            buf.copyWithin(0, header.size, end);
+            end -= header.size;
+            break;
+          }
+          if (!(await read())) return closeQuietly(client);
         }
-        const n = await client.read(buf.subarray(end));
-        if (n === null) return closeQuietly(client);
-        end += n;
+      }
+      for (;;) {
         hello = parseClientHello(buf, end);
         if (hello !== "more") break;
+        if (!(await read())) return closeQuietly(client);
       }
-    } catch {
+    } catch (err) {
+      if (err instanceof Error && err.name === "ProxyProtocolError") {
+        options.onError?.(new Error(`PROXY protocol header from ${peer.hostname}: ${err.message}`));
+      }
       return closeQuietly(client);
     } finally {
       clearTimeout(timer);
@@ -384,7 +456,7 @@ function openFront(options: TlsListenerOptions): TlsListener {
     }
     upstream.setNoDelay(true);
     const key = (upstream.localAddr as Deno.NetAddr).port;
-    const info = { remoteAddr: client.remoteAddr as Deno.NetAddr, serverName: hello.serverName };
+    const info = { remoteAddr, serverName: hello.serverName, local };
     const early = arrived.get(key);
     if (early) {
       arrived.delete(key);
@@ -436,7 +508,9 @@ function openFront(options: TlsListenerOptions): TlsListener {
     reload(next) {
       if (next.length === 0) throw new Error("no certificates");
       certificates = next;
+      // Clients whose ClientHello was read from now on go to the new internal listener.
       swapInner();
+      return Promise.resolve();
     },
     close() {
       handoff.close();

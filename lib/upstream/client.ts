@@ -1,6 +1,6 @@
 /** The HTTP/1.1 client: sends one request over a pooled connection and streams the response back. */
 import { BodyCutShort, type Connection, FramedBody, HeadTooLarge } from "../http1/connection.ts";
-import { type ConnectionPool, describeError } from "./connection_pool.ts";
+import { type ConnectionPool, describeError, type ProxyAddresses } from "./connection_pool.ts";
 import {
   findHeadEnd,
   httpDate,
@@ -11,7 +11,7 @@ import {
 } from "../http1/wire.ts";
 import { UpstreamError } from "./errors.ts";
 import type { RequestBody } from "./request_body.ts";
-import type { Reply } from "../message.ts";
+import type { Reply, Tunnel } from "../message.ts";
 
 /** What one exchange needs. */
 export interface UpstreamRequest {
@@ -27,6 +27,14 @@ export interface UpstreamRequest {
   requestId: string;
   /** A `Set-Cookie` value to add to the response (sticky sessions), after the backend's own. */
   setCookie: string | undefined;
+  /** The client's addresses, for backends that get a PROXY protocol header. */
+  source?: ProxyAddresses;
+  /**
+   * The protocol the client asked to switch to (the request carries `Connection: upgrade` and
+   * this `Upgrade`): a `101` then makes the reply a tunnel. Such a request goes out on a new
+   * connection and is never sent twice.
+   */
+  upgrade?: string;
 }
 
 /** The `Finish` error when the client went away mid-body: routine, not the backend's fault. */
@@ -48,9 +56,11 @@ export async function exchange(
   finish: Finish,
 ): Promise<Reply> {
   // One async frame for the whole exchange: this is the hot path of every request.
-  let conn = pool.takeIdle();
+  // An upgrade goes out on a new connection: it never comes back to the pool after a 101, and
+  // a reused one the backend just closed could not be resent (it may have switched already).
+  let conn = request.upgrade === undefined ? pool.takeIdle(request.source) : undefined;
   let reused = conn !== undefined;
-  conn ??= await pool.connect();
+  conn ??= await pool.connect(request.source);
   for (;;) {
     const timer = conn.deadline;
     let sent = false;
@@ -92,11 +102,18 @@ export async function exchange(
         conn.start = end;
         scanned = end;
         if (response.status >= 200) break;
-        if (response.status === 101) throw new ParseError("unexpected 101 Switching Protocols");
+        if (response.status === 101) {
+          if (request.upgrade === undefined) {
+            throw new ParseError("unexpected 101 Switching Protocols");
+          }
+          if (response.upgrade === undefined) throw new ParseError("101 without Upgrade");
+          break;
+        }
         // 1xx interim responses (100 Continue, 103 Early Hints) are skipped.
       }
       waiting = false;
       timer.disarm();
+      if (response.status === 101) return tunnelReply(pool, conn, response, request, finish);
       return buildReply(pool, conn, response, request, pump, finish);
     } catch (err) {
       waiting = false;
@@ -106,7 +123,7 @@ export async function exchange(
       // The backend may have closed the idle connection just as we reused it: resend at once.
       if (!(reused && failure.kind === "reset" && failure.retryable)) throw failure;
       reused = false;
-      conn = await pool.connect();
+      conn = await pool.connect(request.source);
     }
   }
 }
@@ -136,7 +153,9 @@ function upstreamError(
     );
   }
   if (err instanceof UpstreamError) return err;
-  const replayable = IDEMPOTENT_METHODS.has(request.method) && (body === null || body.rewind());
+  // An upgrade request is never sent twice: the backend may have switched protocols already.
+  const replayable = IDEMPOTENT_METHODS.has(request.method) && request.upgrade === undefined &&
+    (body === null || body.rewind());
   if (expired) {
     return new UpstreamError(
       "timeout",
@@ -165,7 +184,7 @@ async function sendBody(
       await (chunked ? conn.writeChunk(chunk) : conn.write(chunk));
       progress();
     }
-    if (chunked) await conn.writeLastChunk();
+    if (chunked) await conn.writeLastChunk(body.trailers());
     progress();
     return true;
   } catch {
@@ -201,6 +220,8 @@ function buildReply(
     headers,
     length: framing === "length" ? head.length : -1,
     body: null,
+    trailers: undefined,
+    tunnel: undefined,
   };
 
   const done = (bytes: number) => {
@@ -225,18 +246,88 @@ function buildReply(
     done(head.length);
     return reply;
   }
-  reply.body = bodyStream(pool, conn, head, done, finish);
+  const body = new FramedBody(conn, framing, head.length);
+  // Only a chunked body can end in trailer fields (read once the stream has ended).
+  if (framing === "chunked") reply.trailers = () => body.trailers;
+  reply.body = bodyStream(pool, conn, body, done, finish);
   return reply;
+}
+
+/**
+ * The reply to an upgrade the backend accepted: a `101` with no body, whose `tunnel` is the
+ * backend connection (with any bytes that came after the head). The connection leaves the pool
+ * for good; `finish` runs when the tunnel closes, with the bytes sent to the client.
+ */
+function tunnelReply(
+  pool: ConnectionPool,
+  conn: Connection,
+  head: ResponseHead,
+  request: UpstreamRequest,
+  finish: Finish,
+): Reply {
+  const headers = head.headers;
+  for (let j = 0; j < headers.length; j++) {
+    if (headers[j][0].toLowerCase() === "x-request-id") headers.splice(j--, 1);
+  }
+  headers.push(["x-request-id", request.requestId]);
+  if (request.setCookie !== undefined) headers.push(["set-cookie", request.setCookie]);
+  return {
+    status: 101,
+    reason: head.reason,
+    headers,
+    length: -1,
+    body: null,
+    trailers: undefined,
+    tunnel: new BackendTunnel(pool, conn, head.upgrade!, finish),
+  };
+}
+
+/** The backend side of a tunnel: its connection, closed (and the request finished) once. */
+class BackendTunnel implements Tunnel {
+  readonly early: Uint8Array;
+  #over = false;
+
+  constructor(
+    readonly pool: ConnectionPool,
+    readonly conn: Connection,
+    readonly protocol: string,
+    readonly finish: Finish,
+  ) {
+    this.early = conn.buf.slice(conn.start, conn.end);
+    conn.start = conn.end = 0;
+  }
+
+  read(buf: Uint8Array): Promise<number | null> {
+    return this.conn.raw.read(buf);
+  }
+
+  write(bytes: Uint8Array): Promise<number> {
+    return this.conn.raw.write(bytes);
+  }
+
+  closeWrite(): Promise<void> {
+    return this.conn.raw.closeWrite();
+  }
+
+  close(): void {
+    this.pool.discard(this.conn);
+  }
+
+  done(_toBackend: number, toClient: number, error?: string): void {
+    this.pool.discard(this.conn);
+    if (this.#over) return;
+    this.#over = true;
+    this.finish(toClient, error);
+  }
 }
 
 function bodyStream(
   pool: ConnectionPool,
   conn: Connection,
-  head: ResponseHead,
+  body: FramedBody,
   done: (bytes: number) => void,
   finish: Finish,
 ): ReadableStream<Uint8Array> {
-  const body = new FramedBody(conn, head.framing, head.length);
   let bytes = 0;
   let settled = false;
   const fail = (controller: ReadableStreamDefaultController<Uint8Array>, cause: string) => {

@@ -1,6 +1,7 @@
 /** Keep-alive connection pooling for one backend: reuse idle connections, open new ones on demand. */
 import { Connection } from "../http1/connection.ts";
 import { encodeProxyV1, encodeProxyV2, type ProxyAddresses } from "../http1/proxy_protocol.ts";
+import { type BackendTlsOptions, connectBackendTls } from "../tls/backend.ts";
 import { UpstreamError } from "./errors.ts";
 
 export type { ProxyAddresses };
@@ -21,6 +22,12 @@ export interface ConnectionPoolOptions {
    * probe), v1 sends this connection's own ends and v2 a LOCAL header. @default none
    */
   proxyProtocol?: "v1" | "v2";
+  /**
+   * TLS settings for an https backend: `ca` is a PEM file (path) trusted besides the system's
+   * roots, `serverName` the name verified and sent by SNI (default: the backend's host),
+   * `insecureSkipVerify` accepts any certificate. @default verify the host against the roots
+   */
+  tls?: { ca?: string; serverName?: string; insecureSkipVerify?: boolean };
 }
 
 /** The reuse key of a connection opened with `source` in its PROXY header. */
@@ -83,8 +90,15 @@ export class ConnectionPool {
     const signal = AbortSignal.timeout(timeout);
     let raw: Deno.Conn;
     try {
-      if (this.tls && proxy === undefined) {
-        raw = await withTimeout(Deno.connectTls({ hostname, port }), signal);
+      if (this.tls) {
+        // PROXY header first, in the clear (spec §2: before TLS), when wanted.
+        const header = proxy === undefined
+          ? undefined
+          : proxy === "v1"
+          ? encodeProxyV1(source)
+          : encodeProxyV2(source);
+        const tls = await tlsSettings(this.options.tls);
+        raw = await withTimeout(connectBackendTls(hostname, port, tls, header), signal);
       } else {
         const tcp = await Deno.connect({ hostname, port, signal });
         tcp.setNoDelay(true);
@@ -95,7 +109,6 @@ export class ConnectionPool {
             const ends = source ?? (proxy === "v1" ? ownEnds(tcp) : undefined);
             const header = proxy === "v1" ? encodeProxyV1(ends) : encodeProxyV2(ends);
             for (let n = 0; n < header.length;) n += await tcp.write(header.subarray(n));
-            if (this.tls) raw = await withTimeout(Deno.startTls(tcp, { hostname }), signal);
           } catch (err) {
             tcp.close();
             throw err;
@@ -171,6 +184,40 @@ export class ConnectionPool {
     Deno.unrefTimer(id);
     return id;
   }
+}
+
+/** CA files read, by path: the text and the modification time it was read at. */
+const caFiles = new Map<string, { mtime: number; pem: Promise<string> }>();
+
+/**
+ * A pool's TLS settings with the CA file's text: read once, and again when the file changes
+ * (a stat per new connection, none per request).
+ */
+async function tlsSettings(
+  tls: ConnectionPoolOptions["tls"] | undefined,
+): Promise<BackendTlsOptions> {
+  if (!tls) return {};
+  const { ca, serverName, insecureSkipVerify } = tls;
+  if (ca === undefined || insecureSkipVerify) return { serverName, insecureSkipVerify };
+  let mtime = 0;
+  try {
+    mtime = (await Deno.stat(ca)).mtime?.getTime() ?? 0;
+  } catch (err) {
+    throw new Error(`cannot read the CA file ${ca}: ${describeError(err)}`);
+  }
+  let cached = caFiles.get(ca);
+  if (cached === undefined || cached.mtime !== mtime) {
+    cached = { mtime, pem: Deno.readTextFile(ca) };
+    caFiles.set(ca, cached);
+    cached.pem.catch(() => caFiles.delete(ca));
+  }
+  let pem: string;
+  try {
+    pem = await cached.pem;
+  } catch (err) {
+    throw new Error(`cannot read the CA file ${ca}: ${describeError(err)}`);
+  }
+  return { ca: [pem], serverName, insecureSkipVerify };
 }
 
 /** A connection's own ends as PROXY addresses: what a v1 header says for a health probe. */

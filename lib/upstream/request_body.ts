@@ -1,4 +1,5 @@
 /** A request body read once from the client, replayable for a retry while it fits the replay buffer. */
+import type { TrailedStream } from "../message.ts";
 
 /** Wraps the client's body stream, remembering up to `limit` bytes so a retry can resend them. */
 export class RequestBody {
@@ -12,9 +13,16 @@ export class RequestBody {
   #error: unknown;
   /** The read in progress, shared so an abandoned attempt and its retry never read concurrently. */
   #reading: Promise<Uint8Array | null> | undefined;
+  readonly #trailers: (() => [string, string][] | undefined) | undefined;
 
   constructor(stream: ReadableStream<Uint8Array>, readonly limit: number) {
     this.#reader = stream.getReader();
+    this.#trailers = (stream as TrailedStream).trailers;
+  }
+
+  /** The trailer fields that ended the client's chunked body, once it has ended (else undefined). */
+  trailers(): [string, string][] | undefined {
+    return this.#ended ? this.#trailers?.() : undefined;
   }
 
   /** True once reading the client's body failed (a malformed chunk, an aborted upload): the client's fault. */

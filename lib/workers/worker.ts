@@ -177,6 +177,7 @@ async function init(message: Extract<ToWorker, { type: "init" }>): Promise<void>
     ports: message.ports,
   });
   stats.clientConnections = () => servers.reduce((n, s) => n + s.connections, 0);
+  stats.tunnelsOpen = () => servers.reduce((n, s) => n + s.tunnels, 0);
   post({ type: "listening", ports: servers.map((s) => s.addr.port) });
 }
 
@@ -188,7 +189,7 @@ async function reload(setup: Setup): Promise<void> {
   const hooks = setup.hooksVersion === hooksVersion
     ? dataPlane.table.hooks
     : await hooksOf(config, hooksVersion = setup.hooksVersion);
-  applyListenerSettings(servers, config);
+  await applyListenerSettings(servers, config);
   log.configure(config.log.level, config.log.format);
   if (JSON.stringify(config.accessLog) !== JSON.stringify(previous.accessLog)) {
     await accessLog?.close();

@@ -183,8 +183,10 @@ export async function main(args: string[]): Promise<number> {
     }
   };
 
+  // The admin listener outlives the drain so that /ready answers 503 while requests finish.
   const stop = async () => {
-    await Promise.all([balancer.shutdown(), admin?.shutdown()]);
+    await balancer.shutdown();
+    await admin?.shutdown();
   };
   const signals: [Deno.Signal, () => void][] = [
     ["SIGINT", () => void stop()],

@@ -7,7 +7,14 @@
 import { clientAddress, forwardHead } from "./forwarding.ts";
 import { derivedRequest, FRAMING, fromResponse, HookedRequest, type Hooks } from "./hooks.ts";
 import type { Logger } from "./log.ts";
-import { type ClientRequest, cookieValue, protocolOf, type Reply, textReply } from "./message.ts";
+import {
+  type ClientRequest,
+  cookieValue,
+  protocolOf,
+  REASONS,
+  type Reply,
+  textReply,
+} from "./message.ts";
 import { Forwarder, type PoolRuntime, type ProxyObserver, type RequestRecord } from "./proxy.ts";
 import { type HeaderEdits, type Route, type Router, stripPrefix } from "./router.ts";
 import { httpDate } from "./http1/wire.ts";
@@ -93,7 +100,7 @@ export class DataPlane {
       if (action.kind === "respond") {
         const reply: Reply = {
           status: action.status,
-          reason: "",
+          reason: REASONS[action.status] ?? "",
           headers: [["content-type", action.contentType], ["date", httpDate()]],
           length: action.body.length,
           body: action.body,

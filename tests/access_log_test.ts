@@ -305,3 +305,33 @@ Deno.test("access log: each line carries its own request's time, in both formats
   assert.deepEqual(times, [at - 120, at - 120, at - 120, at + 880]);
   assert.equal(JSON.parse(jsonLine(record(at))).time, "2026-11-25T13:55:36.120Z");
 });
+
+Deno.test("access log: JSON lines escape quotes, backslashes, control and non-ASCII characters", () => {
+  const odd = ['/a"b', "/c\\d", "/tab\there", "/caf\u00e9", "/\u0001", "/plain"];
+  for (const target of odd) {
+    const record = {
+      time: 0,
+      ip: "::1",
+      method: "GET",
+      target,
+      protocol: "HTTP/1.1",
+      pool: 'p"ool',
+      route: "r\\",
+      status: 200,
+      bytes: 0,
+      durationMs: 0,
+      upstreamMs: 0,
+      backend: undefined,
+      answered: false,
+      retries: 0,
+      requestId: "\u2603",
+      error: 'say "no"',
+      request: clientRequest("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    } as RequestRecord;
+    const parsed = JSON.parse(jsonLine(record));
+    assert.deepEqual(
+      [parsed.target, parsed.pool, parsed.route, parsed.request_id, parsed.error],
+      [target, 'p"ool', "r\\", "\u2603", 'say "no"'],
+    );
+  }
+});

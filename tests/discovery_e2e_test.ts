@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { type DemoBackend, startBackend } from "../backend.ts";
 import { startBackends } from "./helpers.ts";
 import { dnsmasqSkipReason, startDnsmasq, waitFor } from "./dns_helpers.ts";
-import { configDir, PATIENCE, type Sluice, startSluice } from "./ops_helpers.ts";
+import { adminUrl, configDir, PATIENCE, type Sluice, startSluice } from "./ops_helpers.ts";
 
 const skip = await dnsmasqSkipReason();
 const SRV = "_http._tcp.web.internal";
@@ -38,11 +38,9 @@ async function startWith(config: Record<string, unknown>): Promise<
     await dir[Symbol.asyncDispose]();
     throw err;
   }
-  const pattern = /admin listening on http:\/\/[^\s:"]+:(\d+)/;
-  const [line] = await sluice.stderr.waitFor(pattern, 1, PATIENCE);
   return {
     sluice,
-    admin: `http://127.0.0.1:${pattern.exec(line)![1]}`,
+    admin: await adminUrl(sluice),
     async [Symbol.asyncDispose]() {
       await sluice.stop();
       await dir[Symbol.asyncDispose]();

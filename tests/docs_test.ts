@@ -259,7 +259,9 @@ Deno.test("docs: the README's quick start pins Deno for npx and keeps the benchm
     assert.ok(readme.includes(command), `README.md lacks ${command}`);
   }
   assert.match(readme, /<!-- bench:summary -->[\s\S]*<!-- \/bench:summary -->/);
-  assert.ok(readme.includes("](docs/benchmark.md)"), "README.md links docs/benchmark.md");
+  for (const page of ALL_PAGES.filter((p) => p.startsWith("docs/"))) {
+    assert.ok(readme.includes(`](${page}`), `README.md links ${page}`);
+  }
   assert.ok(
     readme.split("\n").length < 200,
     "README.md stays short enough to read in five minutes",

@@ -94,6 +94,13 @@ export async function startSluice(
   };
 }
 
+/** The admin listener's base URL, from its `admin listening on` line. */
+export async function adminUrl(sluice: { stderr: Lines }): Promise<string> {
+  const pattern = /admin listening on http:\/\/[^\s:"]+:(\d+)/;
+  const [line] = await sluice.stderr.waitFor(pattern, 1, PATIENCE);
+  return `http://127.0.0.1:${pattern.exec(line)![1]}`;
+}
+
 /** Sends SIGHUP and waits for the reload to be applied (the n-th `configuration reloaded` line). */
 export async function sighupReload(sluice: Sluice): Promise<string> {
   const before = sluice.stderr.matching(/configuration reloaded/).length;

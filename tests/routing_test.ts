@@ -5,9 +5,9 @@
  * health, `--check` errors, metrics labels, the admin API per pool, and reload under load.
  */
 import assert from "node:assert/strict";
-import { backendUrl, startBackends, waitFor } from "./helpers.ts";
-import { configDir, PATIENCE, sighupReload, startSluice } from "./ops_helpers.ts";
-import { type Lines, spawn } from "./process_helpers.ts";
+import { backendUrl, rawExchange, startBackends, waitFor } from "./helpers.ts";
+import { adminUrl, configDir, PATIENCE, sighupReload, startSluice } from "./ops_helpers.ts";
+import { spawn } from "./process_helpers.ts";
 import { ask, poolFor } from "./fixtures/client.ts";
 import {
   hostMatcher,
@@ -273,6 +273,11 @@ Deno.test("routes: every matcher and action through main.ts", async () => {
   const ping = await ask(port, "/ping?x=1");
   assert.deepEqual([ping.status, ping.body], [200, "pong\n"]);
   assert.equal(ping.header("content-type"), "text/plain; charset=utf-8");
+  const pingHead = await rawExchange(
+    port,
+    "GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+  );
+  assert.match(pingHead, /^HTTP\/1\.1 200 OK\r\n/, "the standard reason phrase");
   assert.equal(await poolFor(port, "/ping/more"), "status 404", "exact: /ping only");
   const tea = await ask(port, "/teapot");
   assert.deepEqual([tea.status, tea.body], [418, '{"short":"stout"}']);
@@ -450,13 +455,6 @@ Deno.test("--check: a pool no route uses is a warning, not an error", async () =
   assert.equal(printed.routes.length, 2);
 });
 
-/** Waits for the admin listener's line; returns its base URL. */
-async function adminBase(stderr: Lines): Promise<string> {
-  const pattern = /admin listening on http:\/\/127\.0\.0\.1:(\d+)/;
-  const [line] = await stderr.waitFor(pattern);
-  return `http://127.0.0.1:${pattern.exec(line)![1]}`;
-}
-
 Deno.test("metrics carry pool and route labels; admin API per pool and the old default-pool paths", async () => {
   await using backends = await startEchoBackends("d", "a1", "a2");
   const [d, a1, a2] = backends;
@@ -473,7 +471,7 @@ Deno.test("metrics carry pool and route labels; admin API per pool and the old d
     ],
   });
   await using sluice = await startSluice(cfg.file);
-  const admin = await adminBase(sluice.stderr);
+  const admin = await adminUrl(sluice);
   const port = sluice.port;
   for (let i = 0; i < 4; i++) await ask(port, "/api/x");
   await ask(port, "/home");

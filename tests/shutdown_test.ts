@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { waitFor } from "./helpers.ts";
 import { spawnBalancer, within } from "./proxy_helpers.ts";
+import { adminUrl, configDir, PATIENCE, startSluice } from "./ops_helpers.ts";
 
 /** A backend whose /slow requests wait until the test releases them. */
 function slowBackend() {
@@ -112,4 +113,56 @@ Deno.test({
     await backend.close();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("/live and /ready: ready once a backend is up, 503 while SIGTERM drains, no token needed", async () => {
+  const backend = slowBackend();
+  try {
+    await using cfg = await configDir({
+      listen: { host: "127.0.0.1", port: 0 },
+      admin: { host: "127.0.0.1", port: 0, token: "a-long-admin-token-0123" },
+      backends: [{ url: backend.url }, { url: "http://127.0.0.1:1" }],
+      health: { path: "/", interval: "200ms", timeout: "150ms" },
+      timeouts: { drain: "30s" },
+    });
+    const sluice = await startSluice(cfg.file);
+    const admin = await adminUrl(sluice);
+    const status = async (path: string) => {
+      const res = await fetch(`${admin}${path}`);
+      await res.body?.cancel();
+      return res.status;
+    };
+    assert.equal(await status("/live"), 200);
+    await waitFor(async () => await status("/ready") === 200, "/ready to answer 200");
+
+    const pending = fetch(`${sluice.url}/slow`).then(async (res) => [res.status, await res.text()]);
+    await backend.arrived;
+    sluice.kill("SIGTERM");
+    await waitFor(
+      async () => await status("/ready") === 503,
+      "/ready to answer 503 while draining",
+    );
+    assert.equal(await status("/live"), 200, "the process is alive while it drains");
+    backend.release();
+    assert.deepEqual(await pending, [200, "slow done"]);
+    assert.equal(await sluice.stop(), 0);
+  } finally {
+    await backend.close();
+  }
+});
+
+Deno.test("/ready answers 503 while every backend is down and /live stays 200", async () => {
+  await using cfg = await configDir({
+    listen: { host: "127.0.0.1", port: 0 },
+    admin: { host: "127.0.0.1", port: 0 },
+    backends: [{ url: "http://127.0.0.1:1" }],
+    health: { path: "/", interval: "200ms", timeout: "150ms" },
+  });
+  await using sluice = await startSluice(cfg.file);
+  const admin = await adminUrl(sluice);
+  await sluice.stderr.waitFor(/-> down|is down|marked down/i, 1, PATIENCE);
+  const [live, ready] = await Promise.all(["/live", "/ready"].map((p) => fetch(`${admin}${p}`)));
+  assert.deepEqual([live.status, ready.status], [200, 503]);
+  assert.deepEqual(await ready.json(), { ready: false });
+  await live.body?.cancel();
 });

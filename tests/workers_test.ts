@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { ROOT, spawn } from "./process_helpers.ts";
-import { configDir, PATIENCE, startSluice } from "./ops_helpers.ts";
+import { adminUrl, configDir, PATIENCE, startSluice } from "./ops_helpers.ts";
 import { startTestBackends, stopAll } from "./resilience_helpers.ts";
 import { waitFor } from "./helpers.ts";
 
@@ -30,12 +30,6 @@ function metric(text: string, name: string, labels = ""): number[] {
     .map((l) => Number(l.slice(l.lastIndexOf(" ") + 1)));
 }
 
-async function adminPort(sluice: { stderr: { waitFor(p: RegExp): Promise<string[]> } }) {
-  const pattern = /admin listening on http:\/\/[^\s:"]+:(\d+)/;
-  const [line] = await sluice.stderr.waitFor(pattern);
-  return `http://127.0.0.1:${pattern.exec(line)![1]}`;
-}
-
 Deno.test("workers: 2: one rotation over new connections, totals and per-worker figures in /metrics", async () => {
   const backends = await startTestBackends(["a", "b", "c"]);
   try {
@@ -47,7 +41,7 @@ Deno.test("workers: 2: one rotation over new connections, totals and per-worker 
     });
     await using sluice = await startSluice(cfg.file);
     assert.ok(sluice.stderr.matching(/sluice listening .* workers=2/).length === 1);
-    const admin = await adminPort(sluice);
+    const admin = await adminUrl(sluice);
     const seen: string[] = [];
     for (let i = 0; i < 30; i++) seen.push((await fresh(sluice.url)).body);
     // Whichever worker takes each connection, the rotation is one: a b c a b c ...
@@ -73,7 +67,7 @@ Deno.test("workers: 2: maxConnections and in-flight counts hold across workers",
       backends: [{ url: slow.url, name: "slow", maxConnections: 3 }],
     });
     await using sluice = await startSluice(cfg.file);
-    const admin = await adminPort(sluice);
+    const admin = await adminUrl(sluice);
     // Six held requests on six connections land on both workers; only three may go upstream.
     const held = Array.from({ length: 6 }, () => fresh(`${sluice.url}/hold`));
     await waitFor(() => slow.held === 3, "three held requests", PATIENCE);
@@ -110,7 +104,7 @@ Deno.test("workers: a worker that crashes is logged and restarted; the others ke
       };\n`,
     );
     await using sluice = await startSluice(cfg.file);
-    const admin = await adminPort(sluice);
+    const admin = await adminUrl(sluice);
     // Requests in flight on both workers while one of them dies.
     // (Those on the worker that dies lose their connection.)
     const held = Promise.allSettled(

@@ -8,6 +8,9 @@ const READ_SIZE = 64 * 1024;
 const JOINED_SIZE = 32 * 1024;
 const MAX_SPARE = 64;
 const spareJoined: Uint8Array[] = [];
+/** Head buffers lent to connections with an idle buffer while a head is under way. */
+const lent: Uint8Array[] = [];
+const MAX_LENT = 256;
 const utf8 = new TextEncoder();
 const CRLF = new Uint8Array([13, 10]);
 const NO_BYTES = new Uint8Array(0);
@@ -50,16 +53,27 @@ export class Connection {
   maxHead = MAX_HEAD;
   #pending: Promise<number | null> | undefined;
   /** The deadline of what the connection waits for now; the owner says what firing does. */
-  readonly deadline: Deadline;
+  readonly deadline: Deadline<Connection>;
 
-  /** `bufferSize`: the read buffer to start with; it grows up to `maxHead` for a large head. */
+  /** While idle, the small buffer of its own that the pending read fills (see `idleSize`). */
+  readonly #idleBuf: Uint8Array | undefined;
+
+  /**
+   * `bufferSize`: the read buffer to start with; it grows up to `maxHead` for a large head.
+   * `idleSize` (client connections): the connection owns only a buffer this small, which an idle
+   * read fills; a `bufferSize` one is borrowed from a shared free list while a head does not fit,
+   * and given back once nothing is buffered. Idle keep-alive connections are many.
+   */
   constructor(
     readonly raw: Deno.Conn,
     onTimeout: (conn: Connection) => void,
-    bufferSize: number,
+    readonly bufferSize: number,
+    idleSize = 0,
   ) {
-    this.buf = new Uint8Array(bufferSize);
-    this.deadline = new Deadline(() => onTimeout(this));
+    if (idleSize > 0) this.buf = this.#idleBuf = new Uint8Array(idleSize);
+    else this.buf = new Uint8Array(bufferSize);
+    // A shared function and its subject: no closure per connection.
+    this.deadline = new Deadline<Connection>(onTimeout, this);
   }
 
   /** Reads more bytes after `end`, growing the buffer up to `maxHead` if full. Null at EOF. */
@@ -76,8 +90,20 @@ export class Connection {
   receive(): Promise<number | null> {
     if (this.start === this.end) {
       this.start = this.end = 0;
+      const idle = this.#idleBuf;
+      if (idle !== undefined && this.buf !== idle) {
+        // Nothing buffered: give the big buffer back and wait on the small one.
+        if (this.buf.length === this.bufferSize && lent.length < MAX_LENT) lent.push(this.buf);
+        this.buf = idle;
+      }
     } else if (this.end === this.buf.length) {
-      if (this.start > 0) {
+      if (this.buf === this.#idleBuf) {
+        const big = lent.pop() ?? new Uint8Array(this.bufferSize);
+        big.set(this.buf.subarray(this.start, this.end));
+        this.end -= this.start;
+        this.start = 0;
+        this.buf = big;
+      } else if (this.start > 0) {
         this.buf.copyWithin(0, this.start, this.end);
         this.end -= this.start;
         this.start = 0;
@@ -89,7 +115,10 @@ export class Connection {
       }
     }
     const pending = this.#pending;
-    if (pending === undefined) return this.raw.read(this.buf.subarray(this.end));
+    if (pending === undefined) {
+      // The whole buffer when it is empty: no view object kept alive by an idle read.
+      return this.raw.read(this.end === 0 ? this.buf : this.buf.subarray(this.end));
+    }
     this.#pending = undefined;
     return pending;
   }
@@ -178,13 +207,14 @@ export class Connection {
     this.#onDead = onDead;
     const pending = this.raw.read(this.buf);
     this.#pending = pending;
-    pending.then(this.#settledWhileIdle, this.#settledWhileIdle);
+    // Made here, not as a field: client connections never park.
+    const settled = () => {
+      if (this.idle) this.#onDead?.(this);
+    };
+    pending.then(settled, settled);
   }
 
   #onDead: ((conn: Connection) => void) | undefined;
-  #settledWhileIdle = (): void => {
-    if (this.idle) this.#onDead?.(this);
-  };
 
   /** Closes the socket; safe to call twice. */
   close(): void {

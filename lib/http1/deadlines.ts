@@ -3,18 +3,20 @@
 /** How often deadlines are checked (ms); a deadline fires at most about this late (or early). */
 const TICK = 10;
 
-const armed = new Set<Deadline>();
+// deno-lint-ignore no-explicit-any
+const armed = new Set<Deadline<any>>();
 let ticker: ReturnType<typeof setInterval> | undefined;
 /** performance.now() at the latest tick: arming reads it instead of the clock while the ticker runs. */
 let clock = 0;
 
 /** A reusable deadline (one per connection): armed per request, so a request allocates no timer. */
-export class Deadline {
+export class Deadline<T = unknown> {
   at = 0;
   /** True once it fired, until armed again. */
   expired = false;
 
-  constructor(readonly onExpire: () => void) {}
+  /** `onExpire(subject)` runs when it fires: one shared function, no closure per deadline. */
+  constructor(readonly onExpire: (subject: T) => void, readonly subject: T) {}
 
   /** Calls `onExpire` about `ms` from now unless disarmed first; re-arming moves the deadline. */
   arm(ms: number): void {
@@ -31,7 +33,9 @@ export class Deadline {
 
   /** Cancels the deadline (no-op if it fired already). */
   disarm(): void {
-    armed.delete(this);
+    // Left in the set until the next tick: a request disarms and re-arms several times, and
+    // a field write is cheaper than taking it out of the set and putting it back.
+    this.at = Infinity;
   }
 }
 
@@ -41,8 +45,8 @@ function tick(): void {
     if (d.at <= now) {
       armed.delete(d);
       d.expired = true;
-      d.onExpire();
-    }
+      d.onExpire(d.subject);
+    } else if (d.at === Infinity) armed.delete(d);
   }
   if (armed.size === 0) {
     clearInterval(ticker);

@@ -153,6 +153,8 @@ function hostOf(authority: string): string {
   return colon === -1 ? authority : authority.slice(0, colon);
 }
 
+/** What an idle client connection's read buffer keeps: most request heads fit (else one more read). */
+const IDLE_BUFFER = 1024;
 const CONTINUE = new TextEncoder().encode("HTTP/1.1 100 Continue\r\n\r\n");
 /** How long a closing connection keeps reading what the client still sends, so it sees our last response. */
 const LINGER = 2_000;
@@ -241,6 +243,10 @@ export function serve(options: ServeOptions): Server {
     tunnel(delta: number) {
       tunnels += delta;
     },
+    ended(session) {
+      sessions.delete(session);
+      if (!accepting) settle();
+    },
     serveH2c(conn, consumed, client, local) {
       bridge ??= openH2cBridge({
         handler: (req) => context.handler(req),
@@ -262,10 +268,7 @@ export function serve(options: ServeOptions): Server {
   };
   const start = (session: Session) => {
     sessions.add(session);
-    session.run().finally(() => {
-      sessions.delete(session);
-      if (!accepting) settle();
-    });
+    session.run();
   };
   /** A TLS connection: its handshake, then HTTP/2 or HTTP/1.1 as ALPN chose. */
   const serveTls = async (accepted: AcceptedTls) => {
@@ -383,7 +386,11 @@ interface SessionContext {
   tunnel(delta: number): void;
   /** Serves a connection that began with the h2c preface (`consumed`: the bytes read so far). */
   serveH2c(conn: Deno.Conn, consumed: Uint8Array, client: Endpoint, local: Endpoint): void;
+  /** A session is over (its run() calls this last: no closure per session). */
+  ended(session: Session): void;
 }
+
+const shutdownH2 = (c: H2Conn) => c.shutdown();
 
 /**
  * One HTTP/2 connection: its streams counted, so it can be closed once idle for
@@ -393,12 +400,12 @@ interface SessionContext {
  */
 class H2Conn {
   session!: H2Session;
-  readonly idle: Deadline;
+  readonly idle: Deadline<H2Conn>;
   #active = 0;
   #streams = 0;
 
   constructor(readonly context: SessionContext) {
-    this.idle = new Deadline(() => this.shutdown());
+    this.idle = new Deadline<H2Conn>(shutdownH2, this);
   }
 
   start(session: H2Session): void {
@@ -509,7 +516,7 @@ class Session {
     readonly tls: boolean,
   ) {
     // Small: most heads fit, and idle keep-alive connections are many (bodies bypass it).
-    this.conn = new Connection(raw, this.#expired, 4 * 1024);
+    this.conn = new Connection(raw, this.#expired, 4 * 1024, IDLE_BUFFER);
   }
 
   #expired = (): void => {
@@ -554,6 +561,19 @@ class Session {
       }
       if (this.context.h2c && (await this.#h2c()) !== false) return;
       for (;;) {
+        if (conn.start === conn.end) {
+          // Idle: wait here rather than in #readHead, one suspended async frame less per idle
+          // connection.
+          this.wait("idle", this.context.server.timeouts.idle);
+          let got: number | null;
+          try {
+            got = await conn.receive();
+          } catch {
+            return; // reset, or closed by the idle timeout
+          }
+          if (got === null || this.context.draining) return;
+          conn.end += got;
+        }
         const request = await this.#readHead();
         if (request === undefined) return;
         const reusable = await this.#exchange(request);
@@ -569,6 +589,7 @@ class Session {
       this.disarm();
       await this.#timedOut;
       if (!this.#handedOff) conn.close();
+      this.context.ended(this);
     }
   }
 
@@ -650,8 +671,7 @@ class Session {
     const server = this.context.server;
     const timeouts = server.timeouts;
     this.#targetChecked = false;
-    if (conn.start === conn.end) this.wait("idle", timeouts.idle);
-    else this.wait("head", timeouts.header);
+    this.wait("head", timeouts.header);
     let scanned = conn.start;
     let end: number;
     for (;;) {
@@ -690,10 +710,6 @@ class Session {
       if (got === null) return undefined;
       conn.end += got;
       scanned += conn.start - before;
-      if (this.waiting === "idle") {
-        if (this.context.draining) return undefined;
-        this.wait("head", timeouts.header);
-      }
     }
     this.disarm();
     let request: ClientRequest;

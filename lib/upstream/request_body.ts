@@ -4,10 +4,12 @@ import type { TrailedStream } from "../message.ts";
 /** Wraps the client's body stream, remembering up to `limit` bytes so a retry can resend them. */
 export class RequestBody {
   readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
-  /** Chunks read so far, while they fit the limit; cleared once the body outgrows it. */
+  /** Chunks read so far, up to the one that outgrows the limit; let go once sent after that. */
   readonly #kept: Uint8Array[] = [];
   #keptBytes = 0;
   #overflow = false;
+  /** Whether any attempt has been given a chunk (after an overflow, no other attempt may start). */
+  #yielded = false;
   #ended = false;
   #failed = false;
   #error: unknown;
@@ -55,20 +57,32 @@ export class RequestBody {
     }
   }
 
-  /** The body's chunks from the start: kept bytes first, then the rest of the client's stream. */
+  /**
+   * The body's chunks from the start: kept bytes first, then the rest of the client's stream.
+   * Once the body has outgrown the limit it can be streamed once more from what is held, and the
+   * held bytes are let go as they are sent.
+   */
   async *chunks(): AsyncGenerator<Uint8Array> {
-    if (this.#overflow) throw new Error("request body can no longer be replayed");
+    if (this.#overflow && this.#yielded) throw new Error("request body can no longer be replayed");
     let i = 0;
     for (;;) {
-      if (!this.#overflow && i < this.#kept.length) {
+      if (i < this.#kept.length) {
+        this.#yielded = true;
         yield this.#kept[i++];
         continue;
+      }
+      if (this.#overflow && i > 0) {
+        this.#kept.length = 0; // sent, and never needed again
+        i = 0;
       }
       if (this.#ended) return;
       const chunk = await (this.#reading ??= this.#read());
       if (chunk === null) return;
-      if (this.#overflow) yield chunk;
-      // Otherwise the chunk is in #kept and the next turn yields it in order.
+      // A chunk that was kept is yielded in order on the next turn.
+      if (i >= this.#kept.length) {
+        this.#yielded = true;
+        yield chunk;
+      }
     }
   }
 
@@ -88,11 +102,11 @@ export class RequestBody {
         return null;
       }
       if (!this.#overflow) {
+        // The chunk that outgrows the limit is kept too: nothing read may be lost before the
+        // first attempt sends it.
+        this.#kept.push(value);
         this.#keptBytes += value.length;
-        if (this.#keptBytes > this.limit) {
-          this.#overflow = true;
-          this.#kept.length = 0;
-        } else this.#kept.push(value);
+        if (this.#keptBytes > this.limit) this.#overflow = true;
       }
       return value;
     } finally {

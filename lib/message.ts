@@ -7,9 +7,9 @@ import { httpDate, latin1Bytes } from "./http1/wire.ts";
 /** One client request: its head as received, and its body as a stream. */
 export interface ClientRequest {
   readonly method: string;
-  /** Path and query exactly as sent (`*` for a server-wide OPTIONS). */
+  /** Path and query exactly as sent, less any `#fragment` (`*` for a server-wide OPTIONS). */
   readonly target: string;
-  /** 0 for HTTP/1.0, 1 for HTTP/1.1 and HTTP/2. */
+  /** 0 for HTTP/1.0; 1 for HTTP/1.1 (and later 1.x, handled as 1.1) and HTTP/2. */
   readonly minor: number;
   /** Header names as sent, in order, repeats kept; `keys` has them lower-case at the same index. */
   readonly names: readonly string[];

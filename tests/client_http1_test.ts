@@ -19,6 +19,7 @@ import {
   type Script,
   scriptedBackend,
   type ScriptedRequest,
+  untilClosed,
   within,
 } from "./proxy_helpers.ts";
 
@@ -64,24 +65,6 @@ async function withScripted(
 /** Reads exactly one response off `client` (framed by Content-Length, chunked or close). */
 function read(client: RawClient, what: string, method?: string): Promise<RawResponse> {
   return within(client.readResponse(method), WAIT, what);
-}
-
-/** Reads until the balancer closes the socket (EOF or reset); returns the bytes that came first. */
-async function untilClosed(client: RawClient, what = "the balancer to close the connection") {
-  let text = "";
-  const buf = new Uint8Array(65536);
-  await within(
-    (async () => {
-      for (;;) {
-        const n = await client.conn.read(buf).catch(() => null);
-        if (n === null) return;
-        text += new TextDecoder().decode(buf.subarray(0, n));
-      }
-    })(),
-    WAIT,
-    what,
-  );
-  return text;
 }
 
 /** Asserts that a normal request on a new connection is answered 200. */
@@ -484,7 +467,7 @@ Deno.test("timeouts.clientIdle: an idle keep-alive connection is closed without 
     await client.send(`GET /echo HTTP/1.1\r\n${H}\r\n`);
     echo(await read(client, "the first response"));
     const start = Date.now();
-    assert.equal(await untilClosed(client, "the idle connection to be closed"), "");
+    assert.equal(await untilClosed(client, { what: "the idle connection to be closed" }), "");
     const elapsed = Date.now() - start;
     assert.ok(elapsed >= 700 && elapsed < 8_000, `closed after ${elapsed} ms, timeout 1s`);
   }, { timeouts: { clientIdle: "1s" } });
@@ -557,7 +540,7 @@ Deno.test("timeouts.client: a client that stops reading a response is cut off", 
     await client.send(`GET /big HTTP/1.1\r\n${H}\r\n`);
     // Read nothing for a while: the balancer's writes stall, and after 1s it gives up.
     await new Promise((r) => setTimeout(r, 3_000));
-    const got = (await untilClosed(client, "the stalled connection to be closed")).length;
+    const got = (await untilClosed(client, { what: "the stalled connection to be closed" })).length;
     assert.ok(got < blocks * BLOCK.length, `the whole body arrived (${got} bytes)`);
     const res = await within(rawRequest(port, `GET / HTTP/1.1\r\n${H}\r\n`), WAIT, "next");
     assert.equal(res.status, 200);

@@ -15,19 +15,17 @@ function stripAnsi(text: string): string {
 
 const dir = await Deno.makeTempDir();
 const binary = `${dir}/sluice`;
+/** The `compile` task's own words, with the binary written to the temp dir instead of dist/. */
+function compileArgs(): string[] {
+  const tasks = JSON.parse(Deno.readTextFileSync(new URL("../deno.json", import.meta.url))).tasks;
+  const words: string[] = tasks.compile.split(/\s+/);
+  const args = words.slice(words.indexOf("compile"));
+  args[args.indexOf("--output") + 1] = binary;
+  return args;
+}
 const compile = await new Deno.Command(Deno.execPath(), {
-  args: [
-    "compile",
-    "--allow-net",
-    "--allow-read",
-    "--allow-write",
-    "--allow-env=LOG_TOKENS,LOG_STREAM",
-    "--include",
-    "lib/admin/dashboard",
-    "--output",
-    binary,
-    "main.ts",
-  ],
+  args: compileArgs(),
+  cwd: new URL("../", import.meta.url),
   stdout: "piped",
   stderr: "piped",
   signal: AbortSignal.timeout(120_000),

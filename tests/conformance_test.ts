@@ -7,8 +7,8 @@
 import assert from "node:assert/strict";
 import { BodyTooLarge, DEFAULT_LIMITS, serve, textReply } from "../lib/listener/server.ts";
 import type { RequestLimits } from "../lib/listener/request.ts";
-import { startTestBalancer } from "./helpers.ts";
-import { bytes, RawClient, type RawResponse, within } from "./proxy_helpers.ts";
+import { rawServer, startTestBalancer } from "./helpers.ts";
+import { bytes, RawClient, type RawResponse, untilClosed, within } from "./proxy_helpers.ts";
 
 const WAIT = 15_000;
 /** One character per byte (TextDecoder's "latin1" is windows-1252, which remaps 0x80-0x9F). */
@@ -26,8 +26,6 @@ interface Received {
  */
 function recordingBackend() {
   const received: Received[] = [];
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<Deno.Conn>();
   const serveConn = async (conn: Deno.Conn) => {
     let buf = "";
     const chunk = new Uint8Array(65536);
@@ -78,31 +76,7 @@ function recordingBackend() {
       await conn.write(bytes(`HTTP/1.1 200 OK\r\ncontent-length: ${json.length}\r\n\r\n${json}`));
     }
   };
-  (async () => {
-    try {
-      for await (const conn of listener) {
-        conns.add(conn);
-        serveConn(conn).catch(() => {}).finally(() => {
-          conns.delete(conn);
-          try {
-            conn.close();
-          } catch { /* closed */ }
-        });
-      }
-    } catch { /* closed */ }
-  })();
-  return {
-    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
-    received,
-    close() {
-      listener.close();
-      for (const c of conns) {
-        try {
-          c.close();
-        } catch { /* closed */ }
-      }
-    },
-  };
+  return { ...rawServer(serveConn), received };
 }
 
 /** Runs `fn` against a balancer in front of a recording backend. */
@@ -118,24 +92,6 @@ async function withBalancer(
   }
 }
 
-/** Reads until the peer closes (EOF or reset); returns the bytes that came. */
-async function untilClosed(client: RawClient): Promise<string> {
-  let text = "";
-  const buf = new Uint8Array(65536);
-  await within(
-    (async () => {
-      for (;;) {
-        const n = await client.conn.read(buf).catch(() => null);
-        if (n === null) return;
-        text += latin1.decode(buf.subarray(0, n));
-      }
-    })(),
-    WAIT,
-    "the connection to be closed",
-  );
-  return text;
-}
-
 /** Sends `request` on a new connection; returns the response and whether the socket then closed. */
 async function exchange(port: number, request: string | Uint8Array) {
   using client = await RawClient.connect(port);
@@ -144,7 +100,9 @@ async function exchange(port: number, request: string | Uint8Array) {
   return {
     res,
     client,
-    after: res.header("connection") === "close" ? await untilClosed(client) : "",
+    after: res.header("connection") === "close"
+      ? await untilClosed(client, { decoder: latin1 })
+      : "",
   };
 }
 
@@ -156,7 +114,11 @@ async function refused(port: number, request: string, status: number, what: stri
   assert.equal(res.status, status, `${what}: ${res.head}`);
   assert.match(res.header("connection") ?? "", /\bclose\b/i, `${what}: ${res.head}`);
   assert.equal(client.leftover, 0, `${what}: bytes after the refusal`);
-  assert.equal(await untilClosed(client), "", `${what}: bytes after the refusal`);
+  assert.equal(
+    await untilClosed(client, { decoder: latin1 }),
+    "",
+    `${what}: bytes after the refusal`,
+  );
 }
 
 const H = "Host: lb.test\r\n";

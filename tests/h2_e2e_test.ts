@@ -6,8 +6,7 @@
  * connections closed after `timeouts.clientIdle`.
  */
 import assert from "node:assert/strict";
-import { configDir, PATIENCE, startTestBackends } from "./ops_helpers.ts";
-import { spawn, type Subprocess, TEST_WORKERS } from "./process_helpers.ts";
+import { type LaunchedSluice, launchSluice, PATIENCE, startTestBackends } from "./ops_helpers.ts";
 import { createTestCa, sClient, type TestCa, type TestCert } from "./tls_helpers.ts";
 
 const TOKEN = "h2-e2e-test-token-0123456789";
@@ -18,54 +17,14 @@ const setup = (async () => {
   cert = await ca.issue("site", { sans: ["site.example.com", "localhost", "IP:127.0.0.1"] });
 })();
 
-interface Running {
-  proc: Subprocess;
-  ports: number[];
-  admin: number;
-  records(): Record<string, unknown>[];
-  [Symbol.asyncDispose](): Promise<void>;
-}
-
 /** sluice (with `--allow-ffi`, a JSON access log on stdout and an admin port) from `config`. */
-async function launch(config: Record<string, unknown>): Promise<Running> {
-  const dir = await configDir({
+function launch(config: Record<string, unknown>): Promise<LaunchedSluice> {
+  return launchSluice({
     accessLog: { format: "json" },
     admin: { host: "127.0.0.1", port: 0, token: TOKEN },
     health: { path: "/health" },
     ...config,
-  });
-  const proc = spawn([
-    "run",
-    "--allow-net",
-    "--allow-read",
-    "--allow-write",
-    "--allow-env=LOG_TOKENS,LOG_STREAM",
-    "--allow-ffi",
-    "main.ts",
-    ...(TEST_WORKERS > 1 ? ["--workers", String(TEST_WORKERS)] : []),
-    "--config",
-    dir.file,
-  ]);
-  const count = Array.isArray(config.listen) ? config.listen.length : 1;
-  const listening = /sluice listening on https?:\/\/\S+:(\d+)/;
-  try {
-    const lines = await proc.stderr.waitFor(listening, count, PATIENCE);
-    const [adminLine] = await proc.stderr.waitFor(/admin listening on http:\/\/\S+:(\d+)/);
-    return {
-      proc,
-      ports: lines.map((l) => Number(listening.exec(l)![1])),
-      admin: Number(/:(\d+)\s/.exec(adminLine + " ")![1]),
-      records: () => proc.stdout.lines.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)),
-      async [Symbol.asyncDispose]() {
-        await proc.stop("SIGTERM");
-        await dir[Symbol.asyncDispose]();
-      },
-    };
-  } catch (err) {
-    await proc.stop("SIGKILL");
-    await dir[Symbol.asyncDispose]();
-    throw err;
-  }
+  }, { ffi: true, settle: false });
 }
 
 const tls = () => ({ certificates: [{ cert: cert.certFile, key: cert.keyFile }] });
@@ -92,8 +51,8 @@ async function run(cmd: string, args: string[], input?: Uint8Array) {
 }
 
 /** Sum of the samples of one metric whose line matches `line`. */
-async function metricSum(s: Running, line: RegExp): Promise<number> {
-  const res = await fetch(`http://127.0.0.1:${s.admin}/metrics`, {
+async function metricSum(s: LaunchedSluice, line: RegExp): Promise<number> {
+  const res = await fetch(`${s.admin}/metrics`, {
     headers: { authorization: `Bearer ${TOKEN}` },
   });
   return (await res.text()).split("\n").filter((l) => line.test(l))
@@ -128,7 +87,7 @@ Deno.test("h2: 100 concurrent streams on one TLS connection are all answered, sp
   for (const b of backends) assert.ok(b.hits >= 20, `${b.name}: ${b.hits} of 100`);
   assert.equal(backends.reduce((n, b) => n + b.hits, 0), 100);
 
-  await s.proc.stdout.waitFor(/"protocol":"HTTP\/2"/, 100, PATIENCE);
+  await s.stdout.waitFor(/"protocol":"HTTP\/2"/, 100, PATIENCE);
   const h2 = s.records().filter((r) => r.protocol === "HTTP/2");
   assert.equal(h2.length, 100);
   assert.ok(h2.every((r) => r.status === 200 && r.target === "/?delay=100"));
@@ -197,7 +156,7 @@ Deno.test("h2c: prior knowledge and HTTP/1.1 share a plain port with http2: true
   // A plain listener without http2 speaks HTTP/1.x only: the preface is a bad request to it.
   const refused = await curl(plain, "/", "--http2-prior-knowledge");
   assert.notEqual(refused.code, 0);
-  await s.proc.stdout.waitFor(/"protocol":"HTTP\/2"/, 3, PATIENCE);
+  await s.stdout.waitFor(/"protocol":"HTTP\/2"/, 3, PATIENCE);
 });
 
 Deno.test("h2: a 5 MB request body streamed over h2 and h2c reaches the backend byte-exact", async () => {

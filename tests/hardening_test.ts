@@ -4,18 +4,22 @@
  */
 import assert from "node:assert/strict";
 import { concat, rawExchange, waitFor, withFile } from "./helpers.ts";
-import { mainArgs, ROOT } from "./process_helpers.ts";
-import { adminUrl, configDir, PATIENCE, startSluice } from "./ops_helpers.ts";
+import { mainArgs, runDeno } from "./process_helpers.ts";
+import { type LaunchedSluice, launchSluice, PATIENCE } from "./ops_helpers.ts";
 import { startTestBackends, stopAll } from "./resilience_helpers.ts";
 import { sha256 } from "./proxy_helpers.ts";
 
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), { args, cwd: ROOT, stdin: "null" }).output();
-  const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
-  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
-}
+const sluice = (...args: string[]) => runDeno([...mainArgs(), ...args]);
 
-const sluice = (...args: string[]) => run([...mainArgs(), ...args]);
+/** sluice on one plain listener with `requestBuffering: size` in front of `url`. */
+function bufferingSluice(size: string, url: string): Promise<LaunchedSluice> {
+  return launchSluice({
+    listen: { host: "127.0.0.1", port: 0 },
+    requestBuffering: size,
+    health: { interval: "1h" },
+    backends: [{ url }],
+  });
+}
 
 Deno.test("a listen port in use names the address; the admin port too", async () => {
   using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -51,7 +55,7 @@ Deno.test("a listen port in use names the address; the admin port too", async ()
 Deno.test("a config file sluice may not read is said to be unreadable, not invalid", async () => {
   await withFile("sluice.yaml", "backends: [{ url: http://127.0.0.1:9 }]\n", async (path) => {
     // No --allow-read: Deno refuses the read.
-    const r = await run(["run", "--allow-net", "main.ts", "--check", "-c", path]);
+    const r = await runDeno(["run", "--allow-net", "main.ts", "--check", "-c", path]);
     assert.equal(r.code, 1);
     assert.doesNotMatch(r.stderr, /invalid configuration/);
     assert.match(r.stderr, /cannot read the configuration file:\n.*sluice\.yaml: cannot read: /);
@@ -106,9 +110,8 @@ Deno.test("backends added through the admin API stay across a reload; a second U
       backends: [{ url: a.url, name: "a" }],
       ...extra,
     });
-    await using cfg = await configDir(config());
-    await using s = await startSluice(cfg.file);
-    const admin = await adminUrl(s);
+    await using s = await launchSluice(config());
+    const admin = s.admin!;
     const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
     const add = await fetch(`${admin}/api/backends`, {
       method: "POST",
@@ -124,7 +127,7 @@ Deno.test("backends added through the admin API stay across a reload; a second U
     assert.equal(twin.status, 409);
     assert.match((await twin.json()).error, /already has the URL/);
     // A reload for an unrelated reason keeps the backend the API added.
-    await cfg.write(config({ retries: 1 }));
+    await s.config.write(config({ retries: 1 }));
     s.kill("SIGHUP");
     await s.stderr.waitFor(/configuration reloaded/);
     const ids = (await (await fetch(`${admin}/api/status`)).json()).backends.map((
@@ -132,7 +135,7 @@ Deno.test("backends added through the admin API stay across a reload; a second U
     ) => x.id);
     assert.deepEqual(ids, ["a", "b"]);
     // The same URL twice in the file is refused.
-    await cfg.write(config({
+    await s.config.write(config({
       backends: [{ url: a.url, name: "a" }, { url: a.url, name: "a2" }],
     }));
     s.kill("SIGHUP");
@@ -172,13 +175,12 @@ async function connect(port: number) {
 Deno.test("limits.maxBodySize: a larger Content-Length gets 413 at once; a chunked body that grows past it gets 413 and the backend's request is cut off", async () => {
   const [backend] = await startTestBackends(["b"]);
   try {
-    await using cfg = await configDir({
+    await using s = await launchSluice({
       listen: { host: "127.0.0.1", port: 0 },
       limits: { maxBodySize: "1KB" },
       health: { path: "/health" },
       backends: [{ url: backend.url }],
     });
-    await using s = await startSluice(cfg.file);
     const declared = await rawExchange(
       s.port,
       "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n",
@@ -262,13 +264,7 @@ function countingBackend() {
 Deno.test("requestBuffering: slow uploads are read whole before a backend is chosen, so they hold no backend connection", async () => {
   const backend = countingBackend();
   try {
-    await using cfg = await configDir({
-      listen: { host: "127.0.0.1", port: 0 },
-      requestBuffering: "64KB",
-      health: { interval: "1h" },
-      backends: [{ url: backend.url }],
-    });
-    await using s = await startSluice(cfg.file);
+    await using s = await bufferingSluice("64KB", backend.url);
     const before = backend.connections;
     // Twenty clients each send half of a 2 KB body, then stall.
     const clients = await Promise.all(Array.from({ length: 20 }, () => connect(s.port)));
@@ -300,13 +296,7 @@ Deno.test("requestBuffering: a body larger than the buffer streams through whole
     return new Response(`${body.length} ${sha256(body)}`);
   });
   try {
-    await using cfg = await configDir({
-      listen: { host: "127.0.0.1", port: 0 },
-      requestBuffering: "16KB",
-      health: { interval: "1h" },
-      backends: [{ url: `http://127.0.0.1:${backend.addr.port}` }],
-    });
-    await using s = await startSluice(cfg.file);
+    await using s = await bufferingSluice("16KB", `http://127.0.0.1:${backend.addr.port}`);
     const body = new Uint8Array(300 * 1024).map((_, i) => (i * 7) & 0xff);
     const sized = await fetch(`${s.url}/up`, { method: "POST", body });
     assert.equal(await sized.text(), `${body.length} ${sha256(body)}`);
@@ -328,13 +318,7 @@ Deno.test("requestBuffering against slowhttptest's slow-body mode: the backend s
   }
   const backend = countingBackend();
   try {
-    await using cfg = await configDir({
-      listen: { host: "127.0.0.1", port: 0 },
-      requestBuffering: "64KB",
-      health: { interval: "1h" },
-      backends: [{ url: backend.url }],
-    });
-    await using s = await startSluice(cfg.file);
+    await using s = await bufferingSluice("64KB", backend.url);
     // 40 connections sending a 4 KB POST body 16 bytes every second, for 4 seconds.
     const out = await new Deno.Command("slowhttptest", {
       args: [

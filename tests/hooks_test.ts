@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import { ask, poolFor } from "./fixtures/client.ts";
 import { type EchoBackend, poolsOf, startEchoBackends } from "./fixtures/echo_backend.ts";
 import { configDir, PATIENCE, sighupReload, startSluice } from "./ops_helpers.ts";
-import { spawn } from "./process_helpers.ts";
+import { checkConfig, runDeno } from "./process_helpers.ts";
 import { RawClient } from "./proxy_helpers.ts";
 
 /** The fixture hooks module, as an absolute file URL. */
@@ -279,8 +279,8 @@ for (const where of ["next to the config", "in another folder"] as const) {
 Deno.test("hooks: a module that does not load or has the wrong shape stops the start with a hooks: line", async () => {
   await using backends = await startEchoBackends("alpha", "beta");
   await using cfg = await configDir(config(backends, "./hooks.ts"));
-  const run = async () => {
-    await using proc = spawn([
+  const run = () =>
+    runDeno([
       "run",
       "--allow-net",
       "--allow-read",
@@ -289,10 +289,6 @@ Deno.test("hooks: a module that does not load or has the wrong shape stops the s
       "-c",
       cfg.file,
     ]);
-    const { code } = await proc.status;
-    await proc.stderr.done;
-    return { code, stderr: proc.stderr.lines.join("\n") };
-  };
   let r = await run();
   assert.equal(r.code, 1);
   // The file is checked with the rest of the configuration, before anything starts.
@@ -317,21 +313,11 @@ Deno.test({
     await using backends = await startEchoBackends("alpha", "beta");
     await using cfg = await configDir(config(backends, "./hooks.ts"));
     await Deno.writeTextFile(`${cfg.dir}/hooks.ts`, "export default { onRequest: 42 };\n");
-    await using proc = spawn([
-      "run",
-      "--allow-read",
-      "--allow-env",
-      "main.ts",
-      "--check",
-      "-c",
-      cfg.file,
-    ]);
-    const { code } = await proc.status;
-    await proc.stderr.done;
+    const { code, stderr } = await checkConfig(cfg.file);
     assert.equal(code, 1);
     assert.ok(
-      proc.stderr.lines.some((l) => /^hooks: .*must default-export an object/.test(l)),
-      proc.stderr.lines.join("\n"),
+      stderr.split("\n").some((l) => /^hooks: .*must default-export an object/.test(l)),
+      stderr,
     );
   },
 });

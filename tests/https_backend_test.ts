@@ -8,8 +8,7 @@
 import assert from "node:assert/strict";
 import { parseProxyHeader, type ProxyHeader } from "../lib/http1/proxy_protocol.ts";
 import { waitFor } from "./helpers.ts";
-import { configDir, PATIENCE } from "./ops_helpers.ts";
-import { spawn, type Subprocess, TEST_WORKERS } from "./process_helpers.ts";
+import { launchSluice, PATIENCE, type Sluice } from "./ops_helpers.ts";
 import { createTestCa, type TestCa, type TestCert } from "./tls_helpers.ts";
 
 let ca: TestCa;
@@ -104,40 +103,9 @@ function proxyFront(target: number) {
   return { port, url: `https://127.0.0.1:${port}`, headers, errors, close: () => listener.close() };
 }
 
-interface Running {
-  proc: Subprocess;
-  port: number;
-  [Symbol.asyncDispose](): Promise<void>;
-}
-
-async function launch(config: Record<string, unknown>): Promise<Running> {
-  const dir = await configDir({ listen: { host: "127.0.0.1", port: 0 }, ...config });
-  const proc = spawn([
-    "run",
-    "--allow-net",
-    "--allow-read",
-    "--allow-env=LOG_TOKENS,LOG_STREAM",
-    "main.ts",
-    ...(TEST_WORKERS > 1 ? ["--workers", String(TEST_WORKERS)] : []),
-    "--config",
-    dir.file,
-  ]);
-  const listening = /sluice listening on https?:\/\/\S+:(\d+)/;
-  try {
-    const [line] = await proc.stderr.waitFor(listening, 1, PATIENCE);
-    return {
-      proc,
-      port: Number(listening.exec(line)![1]),
-      async [Symbol.asyncDispose]() {
-        await proc.stop("SIGTERM");
-        await dir[Symbol.asyncDispose]();
-      },
-    };
-  } catch (err) {
-    await proc.stop("SIGKILL");
-    await dir[Symbol.asyncDispose]();
-    throw err;
-  }
+/** sluice on one plain listener from `config`. */
+function launch(config: Record<string, unknown>): Promise<Sluice> {
+  return launchSluice({ listen: { host: "127.0.0.1", port: 0 }, ...config }, { settle: false });
 }
 
 async function get(port: number, path: string) {
@@ -181,13 +149,13 @@ Deno.test("https backends: a private CA and serverName per backend or per pool; 
       assert.ok(res.status === 503 || res.status === 502, `${pool}: ${res.status}`);
     }
     const down = (pool: string) =>
-      s.proc.stderr.waitFor(new RegExp(`is down: .*pool=${pool}`), 1, PATIENCE);
+      s.stderr.waitFor(new RegExp(`is down: .*pool=${pool}`), 1, PATIENCE);
     const [shadowed] = await down("shadowed");
     assert.match(shadowed, /NotValidForName|not valid for name|certificate/i, shadowed);
     const [untrusted] = await down("untrusted");
     assert.match(untrusted, /UnknownIssuer|unknown issuer|certificate/i, untrusted);
     await waitFor(() => backend.health >= 3 * 2, "health checks over TLS", PATIENCE);
-    assert.equal(s.proc.stderr.matching(/is down: .*pool=(own|pooled|insecure)\b/).length, 0);
+    assert.equal(s.stderr.matching(/is down: .*pool=(own|pooled|insecure)\b/).length, 0);
   } finally {
     await backend.close();
   }
@@ -250,10 +218,10 @@ Deno.test("https backends: a CA file rewritten in place is read again for new co
       backends: [{ url: backend.url, tls: { ca: caFile, serverName: "backend.internal" } }],
       health: { interval: "200ms", healthyThreshold: 1 },
     });
-    await s.proc.stderr.waitFor(/is down: invalid peer certificate/, 1, PATIENCE);
+    await s.stderr.waitFor(/is down: invalid peer certificate/, 1, PATIENCE);
     assert.notEqual((await get(s.port, "/")).status, 200);
     await Deno.writeTextFile(caFile, ca.caCert);
-    await s.proc.stderr.waitFor(/is back up/, 1, PATIENCE);
+    await s.stderr.waitFor(/is back up/, 1, PATIENCE);
     const res = await get(s.port, "/fixed");
     assert.equal(res.status, 200, res.text);
   } finally {

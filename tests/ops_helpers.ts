@@ -4,7 +4,7 @@
  * listens on 127.0.0.1 port 0; waits are on log lines and counters, never fixed sleeps.
  */
 import { rawExchange, rawServer, readRequestHead } from "./helpers.ts";
-import { type Lines, startMain } from "./process_helpers.ts";
+import { type Lines, type MainPermissions, startMain } from "./process_helpers.ts";
 const encoder = new TextEncoder();
 
 /** Generous limit for conditions on a busy 2-core machine. */
@@ -43,9 +43,12 @@ export async function configDir(config: unknown): Promise<ConfigDir> {
 
 /** sluice running as a subprocess of the test. */
 export interface Sluice {
-  /** http://127.0.0.1:PORT */
+  /** http://127.0.0.1:PORT (the first listener) */
   url: string;
+  /** The first listener's port. */
   port: number;
+  /** Every listener's port, in `listen` order. */
+  ports: number[];
   stderr: Lines;
   stdout: Lines;
   process: Deno.ChildProcess;
@@ -56,17 +59,30 @@ export interface Sluice {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
+/** Options of {@linkcode startSluice}. */
+export interface StartSluiceOptions extends Pick<MainPermissions, "ffi"> {
+  /**
+   * Wait for a first answer (to a malformed request, on the first port) so that the signal
+   * handlers are installed; needs a plain HTTP/1.1 first listener. @default true
+   */
+  settle?: boolean;
+  /** How many listeners to wait for (the config's `listen` entries). @default 1 */
+  listeners?: number;
+}
+
 /**
- * Starts `deno run … main.ts --config FILE ...args` and waits for its listening line, then
+ * Starts `deno run … main.ts --config FILE ...args` and waits for its listening lines, then
  * (unless `settle` is false) for its first answer, so its signal handlers are installed.
  */
 export async function startSluice(
   file: string,
   args: string[] = [],
-  { settle = true } = {},
+  { settle = true, listeners = 1, ffi = false }: StartSluiceOptions = {},
 ): Promise<Sluice> {
-  const { proc, port } = await startMain(["--config", file, ...args], {
+  const { proc, port, ports } = await startMain(["--config", file, ...args], {
     write: true,
+    ffi,
+    listeners,
     timeout: PATIENCE,
   });
   const stop = async () => (await proc.stop("SIGTERM")).code;
@@ -83,6 +99,7 @@ export async function startSluice(
   return {
     url: `http://127.0.0.1:${port}`,
     port,
+    ports,
     stderr: proc.stderr,
     stdout: proc.stdout,
     process: proc.child,
@@ -94,6 +111,55 @@ export async function startSluice(
   };
 }
 
+/** sluice started by {@linkcode launchSluice}, with the config directory it owns. */
+export interface LaunchedSluice extends Sluice {
+  /** The config directory: `config.file`, `config.write(next)` (then SIGHUP to apply it). */
+  config: ConfigDir;
+  /** The admin listener's base URL (http://127.0.0.1:PORT) when the config has `admin`. */
+  admin?: string;
+  /** The JSON access log records (`accessLog: { format: "json" }`, on stdout) so far. */
+  records(): Record<string, unknown>[];
+}
+
+/** Options of {@linkcode launchSluice}. */
+export interface LaunchOptions extends StartSluiceOptions {
+  /** More command-line arguments after `--config FILE`. @default [] */
+  args?: string[];
+}
+
+/**
+ * Writes `config` to a temp dir and starts sluice on it (see {@linkcode startSluice}),
+ * waiting for one listening line per `listen` entry and for the admin listener when the config
+ * has `admin`. Disposal stops it (SIGTERM, waiting for the exit) and removes the directory.
+ */
+export async function launchSluice(
+  config: Record<string, unknown>,
+  { args = [], ...options }: LaunchOptions = {},
+): Promise<LaunchedSluice> {
+  const dir = await configDir(config);
+  let sluice: Sluice | undefined;
+  try {
+    const listeners = Array.isArray(config.listen) ? config.listen.length : 1;
+    sluice = await startSluice(dir.file, args, { listeners, ...options });
+    const admin = config.admin ? await adminUrl(sluice) : undefined;
+    const { stdout, stop } = sluice;
+    return {
+      ...sluice,
+      config: dir,
+      admin,
+      records: () => stdout.lines.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)),
+      async [Symbol.asyncDispose]() {
+        await stop();
+        await dir[Symbol.asyncDispose]();
+      },
+    };
+  } catch (err) {
+    await sluice?.stop();
+    await dir[Symbol.asyncDispose]();
+    throw err;
+  }
+}
+
 /** The admin listener's base URL, from its `admin listening on` line. */
 export async function adminUrl(sluice: { stderr: Lines }): Promise<string> {
   const pattern = /admin listening on http:\/\/[^\s:"]+:(\d+)/;
@@ -101,11 +167,17 @@ export async function adminUrl(sluice: { stderr: Lines }): Promise<string> {
   return `http://127.0.0.1:${pattern.exec(line)![1]}`;
 }
 
-/** Sends SIGHUP and waits for the reload to be applied (the n-th `configuration reloaded` line). */
-export async function sighupReload(sluice: Sluice): Promise<string> {
-  const before = sluice.stderr.matching(/configuration reloaded/).length;
+/**
+ * Sends SIGHUP and waits for the reload's next `outcome` line (by default the reload applied:
+ * `configuration reloaded`); returns it.
+ */
+export async function sighupReload(
+  sluice: Sluice,
+  outcome: RegExp = /configuration reloaded/,
+): Promise<string> {
+  const before = sluice.stderr.matching(outcome).length;
   sluice.kill("SIGHUP");
-  const lines = await sluice.stderr.waitFor(/configuration reloaded/, before + 1);
+  const lines = await sluice.stderr.waitFor(outcome, before + 1, PATIENCE);
   return lines[before];
 }
 
@@ -167,7 +239,10 @@ export function startTestBackend(name: string): Promise<TestBackend> {
     },
   }, async (req) => {
     const url = new URL(req.url);
-    await req.body?.cancel();
+    // /up reads an upload whole before answering, so a limit on the way (413) is met first;
+    // elsewhere the body is not wanted.
+    if (url.pathname === "/up") await req.arrayBuffer().catch(() => {});
+    else await req.body?.cancel();
     switch (url.pathname) {
       case "/health":
         return new Response(backend.healthy ? "ok" : "unhealthy", {

@@ -13,17 +13,26 @@ export const ROOT = new URL("../", import.meta.url).pathname;
  */
 export const TEST_WORKERS: number = Number(Deno.env.get("SLUICE_TEST_WORKERS") ?? "1");
 
+/** Extra permissions for {@linkcode mainArgs}. */
+export interface MainPermissions {
+  /** Adds --allow-write. @default false */
+  write?: boolean;
+  /** Adds --allow-ffi (TCP_NODELAY on TLS listeners). @default false */
+  ffi?: boolean;
+}
+
 /**
- * `deno run <permissions> main.ts`, the way the README runs it; `write` adds --allow-write.
+ * `deno run <permissions> main.ts`, the way the README runs it, plus `write` and `ffi`.
  * With {@linkcode TEST_WORKERS} above 1, `--workers N` follows (flags given later win).
  */
-export function mainArgs({ write = false } = {}): string[] {
+export function mainArgs({ write = false, ffi = false }: MainPermissions = {}): string[] {
   return [
     "run",
     "--allow-net",
     "--allow-read",
     ...(write ? ["--allow-write"] : []),
     "--allow-env=LOG_TOKENS,LOG_STREAM",
+    ...(ffi ? ["--allow-ffi"] : []),
     "main.ts",
     ...(TEST_WORKERS > 1 ? ["--workers", String(TEST_WORKERS)] : []),
   ];
@@ -136,21 +145,60 @@ export function spawn(args: string[]): Subprocess {
   };
 }
 
+/** Options of {@linkcode startMain}. */
+export interface StartMainOptions extends MainPermissions {
+  /** How many `sluice listening on` lines to wait for (one a listener). @default 1 */
+  listeners?: number;
+  /** How long to wait for them, in ms. @default 30_000 */
+  timeout?: number;
+}
+
 /**
  * Starts `deno run … main.ts <args>` (see {@linkcode mainArgs}) and waits up to `timeout`
- * ms for its `sluice listening on http://HOST:PORT` line; kills it if that never comes.
+ * ms for `listeners` `sluice listening on http(s)://HOST:PORT` lines; kills it if they never
+ * come. `port` is the first listener's, `ports` all of them in the order they were logged.
  */
 export async function startMain(
   args: string[],
-  { write = false, timeout = 30_000 } = {},
-): Promise<{ proc: Subprocess; port: number }> {
-  const proc = spawn([...mainArgs({ write }), ...args]);
+  { write = false, ffi = false, listeners = 1, timeout = 30_000 }: StartMainOptions = {},
+): Promise<{ proc: Subprocess; port: number; ports: number[] }> {
+  const proc = spawn([...mainArgs({ write, ffi }), ...args]);
   const listening = /sluice listening on https?:\/\/[^\s:"]+:(\d+)/;
   try {
-    const [line] = await proc.stderr.waitFor(listening, 1, timeout);
-    return { proc, port: Number(listening.exec(line)![1]) };
+    const lines = await proc.stderr.waitFor(listening, listeners, timeout);
+    const ports = lines.map((line) => Number(listening.exec(line)![1]));
+    return { proc, port: ports[0], ports };
   } catch (err) {
     await proc[Symbol.asyncDispose]();
     throw err;
   }
+}
+
+/** Runs `deno <args>` in {@linkcode ROOT} to completion; its exit code and output. */
+export async function runDeno(
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), { args, cwd: ROOT, stdin: "null" }).output();
+  const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+/**
+ * `main.ts --check -c FILE` with only what checking needs (read, env) to completion; its exit
+ * code and output (each without its final newline).
+ */
+export async function checkConfig(
+  file: string,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await runDeno([
+    "run",
+    "--allow-read",
+    "--allow-env",
+    "main.ts",
+    "--check",
+    "-c",
+    file,
+  ]);
+  const chomp = (text: string) => text.endsWith("\n") ? text.slice(0, -1) : text;
+  return { code: out.code, stdout: chomp(out.stdout), stderr: chomp(out.stderr) };
 }

@@ -37,6 +37,44 @@ export async function within<T>(promise: Promise<T>, ms: number, what: string): 
   }
 }
 
+/** Options of {@linkcode untilClosed}. */
+export interface UntilClosedOptions {
+  /** What the timeout's error names. @default "the connection to be closed" */
+  what?: string;
+  /** Decodes each read. @default new TextDecoder() (UTF-8) */
+  decoder?: { decode(bytes: Uint8Array): string };
+  /** How long to wait, in ms. @default 15_000 */
+  ms?: number;
+}
+
+/**
+ * Reads `client`'s socket until the peer closes it (EOF or reset) and returns the bytes that
+ * came (not those an earlier read already buffered); rejects after `ms`.
+ */
+export async function untilClosed(
+  client: RawClient,
+  {
+    what = "the connection to be closed",
+    decoder = new TextDecoder(),
+    ms = 15_000,
+  }: UntilClosedOptions = {},
+): Promise<string> {
+  let text = "";
+  const buf = new Uint8Array(65536);
+  await within(
+    (async () => {
+      for (;;) {
+        const n = await client.conn.read(buf).catch(() => null);
+        if (n === null) return;
+        text += decoder.decode(buf.subarray(0, n));
+      }
+    })(),
+    ms,
+    what,
+  );
+  return text;
+}
+
 /** A response read byte-exactly off the wire. */
 export interface RawResponse {
   status: number;

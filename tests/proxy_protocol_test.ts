@@ -17,7 +17,7 @@ import {
 import { serve, type Server, textReply } from "../lib/listener/server.ts";
 import { ConnectionPool } from "../lib/upstream/connection_pool.ts";
 import { concat, rawServer } from "./helpers.ts";
-import { bytes, RawClient, within } from "./proxy_helpers.ts";
+import { bytes, RawClient, untilClosed, within } from "./proxy_helpers.ts";
 
 const WAIT = 15_000;
 const SIG = "\r\n\r\n\0\r\nQUIT\n";
@@ -248,24 +248,6 @@ async function who(client: RawClient, header: Uint8Array | string, target = "/")
   const res = await within(client.readResponse(), WAIT, "the response");
   assert.equal(res.status, 200, res.head);
   return JSON.parse(res.text());
-}
-
-/** Reads until the server closes; returns what came first (nothing, for a dropped connection). */
-async function untilClosed(client: RawClient): Promise<string> {
-  let text = "";
-  const buf = new Uint8Array(4096);
-  await within(
-    (async () => {
-      for (;;) {
-        const n = await client.conn.read(buf).catch(() => null);
-        if (n === null) return;
-        text += new TextDecoder().decode(buf.subarray(0, n));
-      }
-    })(),
-    WAIT,
-    "the connection to be closed",
-  );
-  return text;
 }
 
 Deno.test("listener: a hand-built v1 or v2 header's source is the client for every request", async () => {

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { backendUrl, rawExchange, startBackends, waitFor } from "./helpers.ts";
 import { adminUrl, configDir, PATIENCE, sighupReload, startSluice } from "./ops_helpers.ts";
-import { spawn } from "./process_helpers.ts";
+import { checkConfig } from "./process_helpers.ts";
 import { ask, poolFor } from "./fixtures/client.ts";
 import {
   hostMatcher,
@@ -394,18 +394,7 @@ Deno.test("per-pool health: one pool all down answers 503 on its routes only", a
 /** Runs `main.ts --check -c FILE` on `config`; returns the exit code and both outputs. */
 async function check(config: unknown): Promise<{ code: number; stdout: string; stderr: string }> {
   await using cfg = await configDir(config);
-  await using proc = spawn([
-    "run",
-    "--allow-read",
-    "--allow-env",
-    "main.ts",
-    "--check",
-    "-c",
-    cfg.file,
-  ]);
-  const { code } = await proc.status;
-  await Promise.all([proc.stdout.done, proc.stderr.done]);
-  return { code, stdout: proc.stdout.lines.join("\n"), stderr: proc.stderr.lines.join("\n") };
+  return await checkConfig(cfg.file);
 }
 
 Deno.test("--check: route errors, each with its routes[i].field line, all at once", async () => {

@@ -6,8 +6,15 @@
  * reporting certificate problems, and the TCP_NODELAY warning without `--allow-ffi`.
  */
 import assert from "node:assert/strict";
-import { configDir, PATIENCE, startTestBackends } from "./ops_helpers.ts";
-import { spawn, type Subprocess, TEST_WORKERS } from "./process_helpers.ts";
+import {
+  configDir,
+  type LaunchedSluice,
+  launchSluice,
+  PATIENCE,
+  sighupReload,
+  startTestBackends,
+} from "./ops_helpers.ts";
+import { checkConfig, TEST_WORKERS } from "./process_helpers.ts";
 import { RawClient } from "./proxy_helpers.ts";
 import { createTestCa, sClient, type TestCa, type TestCert } from "./tls_helpers.ts";
 
@@ -25,63 +32,35 @@ const setup = (async () => {
 })();
 
 /** sluice with its config in a temp dir, started with `--allow-ffi` unless `ffi` is false. */
-interface Running {
-  proc: Subprocess;
-  /** The listeners' ports, in `listen` order. */
-  ports: number[];
-  dir: string;
-  file: string;
-  write(config: unknown): Promise<void>;
-  [Symbol.asyncDispose](): Promise<void>;
-}
-
-async function launch(
+function launch(
   config: Record<string, unknown>,
   { ffi = true, args = [] as string[] } = {},
-): Promise<Running> {
-  const dir = await configDir(config);
-  const proc = spawn([
-    "run",
-    "--allow-net",
-    "--allow-read",
-    "--allow-write",
-    "--allow-env=LOG_TOKENS,LOG_STREAM",
-    ...(ffi ? ["--allow-ffi"] : []),
-    "main.ts",
-    ...(TEST_WORKERS > 1 ? ["--workers", String(TEST_WORKERS)] : []),
-    "--config",
-    dir.file,
-    ...args,
-  ]);
-  const count = Array.isArray(config.listen) ? config.listen.length : 1;
-  const listening = /sluice listening on https?:\/\/\S+:(\d+)/;
-  try {
-    const lines = await proc.stderr.waitFor(listening, count, PATIENCE);
-    return {
-      proc,
-      ports: lines.map((l) => Number(listening.exec(l)![1])),
-      dir: dir.dir,
-      file: dir.file,
-      write: dir.write,
-      async [Symbol.asyncDispose]() {
-        await proc.stop("SIGTERM");
-        await dir[Symbol.asyncDispose]();
-      },
-    };
-  } catch (err) {
-    await proc.stop("SIGKILL");
-    await dir[Symbol.asyncDispose]();
-    throw err;
-  }
+): Promise<LaunchedSluice> {
+  return launchSluice(config, { ffi, args, settle: false });
 }
 
 /** Sends SIGHUP and waits for the reload's outcome line; returns it. */
-async function hangup(s: Running): Promise<string> {
-  const outcome = /configuration (reloaded|rejected)/;
-  const before = s.proc.stderr.matching(outcome).length;
-  s.proc.kill("SIGHUP");
-  const lines = await s.proc.stderr.waitFor(outcome, before + 1, PATIENCE);
-  return lines[before];
+const hangup = (s: LaunchedSluice) => sighupReload(s, /configuration (reloaded|rejected)/);
+
+/**
+ * A temp dir holding `site.pem` and `site.key` (certificate v1) for a test to replace, and a
+ * listener's `tls` naming them; disposal removes it.
+ */
+async function siteFiles(prefix: string) {
+  const dir = await Deno.makeTempDir({ prefix });
+  const certFile = `${dir}/site.pem`;
+  const keyFile = `${dir}/site.key`;
+  await Deno.writeTextFile(certFile, certs.v1.cert);
+  await Deno.writeTextFile(keyFile, certs.v1.key);
+  return {
+    dir,
+    certFile,
+    keyFile,
+    tls: { certificates: [{ cert: certFile, key: keyFile }] },
+    async [Symbol.asyncDispose]() {
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
 }
 
 const tlsOf = (...names: string[]) => ({
@@ -281,96 +260,78 @@ Deno.test("tls: behind a TCP proxy, the PROXY header before the handshake gives 
 Deno.test("tls: SIGHUP reloads a replaced certificate for new handshakes; an open connection keeps working; a broken file is rejected", async () => {
   await setup;
   await using backends = await startTestBackends("b1");
-  const dir = await Deno.makeTempDir({ prefix: "sluice_cert_reload_" });
+  await using site = await siteFiles("sluice_cert_reload_");
+  const { certFile, keyFile } = site;
+  await using s = await launch({
+    listen: [
+      { host: "127.0.0.1", port: 0 },
+      { host: "127.0.0.1", port: 0, tls: site.tls },
+    ],
+    backends: [{ url: backends[0].url }],
+  });
+  const port = s.ports[1];
+  const cn = async () => (await sClient(port, { serverName: "site.example.com" })).cn;
+  assert.equal(await cn(), "site v1");
+  const before = await tlsClient(port, "site.example.com");
   try {
-    const certFile = `${dir}/site.pem`;
-    const keyFile = `${dir}/site.key`;
-    await Deno.writeTextFile(certFile, certs.v1.cert);
-    await Deno.writeTextFile(keyFile, certs.v1.key);
-    await using s = await launch({
-      listen: [
-        { host: "127.0.0.1", port: 0 },
-        { host: "127.0.0.1", port: 0, tls: { certificates: [{ cert: certFile, key: keyFile }] } },
-      ],
-      backends: [{ url: backends[0].url }],
-    });
-    const port = s.ports[1];
-    const cn = async () => (await sClient(port, { serverName: "site.example.com" })).cn;
-    assert.equal(await cn(), "site v1");
-    const before = await tlsClient(port, "site.example.com");
-    try {
-      assert.match(await before.get("/"), /^HTTP\/1\.1 200[^]*b1$/);
+    assert.match(await before.get("/"), /^HTTP\/1\.1 200[^]*b1$/);
 
-      // Replace the pair (key first: a reload in between sees a mismatch and is rejected).
-      await Deno.writeTextFile(keyFile, certs.v2.key);
-      await Deno.writeTextFile(certFile, certs.v2.cert);
-      assert.match(await hangup(s), /configuration reloaded/);
-      // Once the swapped-out listener stopped accepting (after a short grace): each thread says so.
-      await s.proc.stderr.waitFor(/certificates reloaded/, Math.max(1, TEST_WORKERS));
-      assert.equal(await cn(), "site v2", "the next handshake gets the new certificate");
-      assert.match(await before.get("/"), /^HTTP\/1\.1 200[^]*b1$/, "opened before: still served");
-      const after = await curl(port, "site.example.com", "/");
-      assert.equal(after.stdout, "b1", after.stderr);
+    // Replace the pair (key first: a reload in between sees a mismatch and is rejected).
+    await Deno.writeTextFile(keyFile, certs.v2.key);
+    await Deno.writeTextFile(certFile, certs.v2.cert);
+    assert.match(await hangup(s), /configuration reloaded/);
+    // Once the swapped-out listener stopped accepting (after a short grace): each thread says so.
+    await s.stderr.waitFor(/certificates reloaded/, Math.max(1, TEST_WORKERS));
+    assert.equal(await cn(), "site v2", "the next handshake gets the new certificate");
+    assert.match(await before.get("/"), /^HTTP\/1\.1 200[^]*b1$/, "opened before: still served");
+    const after = await curl(port, "site.example.com", "/");
+    assert.equal(after.stdout, "b1", after.stderr);
 
-      // A broken certificate file: the reload fails as a whole, the certificate in use stays.
-      await Deno.writeTextFile(certFile, "-----BEGIN CERTIFICATE-----\nnot base64\n");
-      assert.match(await hangup(s), /configuration rejected \(SIGHUP\); keeping the previous one/);
-      await s.proc.stderr.waitFor(
-        /invalid configuration: listen\[1\]\.tls\.certificates\[0\]\.cert: cannot parse the certificate/,
-      );
-      assert.equal(await cn(), "site v2");
-      assert.match(await before.get("/"), /^HTTP\/1\.1 200[^]*b1$/);
-      // A missing key file too, reported with its field.
-      await Deno.writeTextFile(certFile, certs.v2.cert);
-      await Deno.remove(keyFile);
-      assert.match(await hangup(s), /configuration rejected/);
-      await s.proc.stderr.waitFor(
-        /invalid configuration: listen\[1\]\.tls\.certificates\[0\]\.key: cannot read: no such file/,
-      );
-      assert.equal(await cn(), "site v2");
-    } finally {
-      before.close();
-    }
-    assert.equal(s.proc.stderr.matching(/certificates reloaded/).length, Math.max(1, TEST_WORKERS));
+    // A broken certificate file: the reload fails as a whole, the certificate in use stays.
+    await Deno.writeTextFile(certFile, "-----BEGIN CERTIFICATE-----\nnot base64\n");
+    assert.match(await hangup(s), /configuration rejected \(SIGHUP\); keeping the previous one/);
+    await s.stderr.waitFor(
+      /invalid configuration: listen\[1\]\.tls\.certificates\[0\]\.cert: cannot parse the certificate/,
+    );
+    assert.equal(await cn(), "site v2");
+    assert.match(await before.get("/"), /^HTTP\/1\.1 200[^]*b1$/);
+    // A missing key file too, reported with its field.
+    await Deno.writeTextFile(certFile, certs.v2.cert);
+    await Deno.remove(keyFile);
+    assert.match(await hangup(s), /configuration rejected/);
+    await s.stderr.waitFor(
+      /invalid configuration: listen\[1\]\.tls\.certificates\[0\]\.key: cannot read: no such file/,
+    );
+    assert.equal(await cn(), "site v2");
   } finally {
-    await Deno.remove(dir, { recursive: true });
+    before.close();
   }
+  assert.equal(s.stderr.matching(/certificates reloaded/).length, Math.max(1, TEST_WORKERS));
 });
 
 Deno.test("tls: --watch reloads when a certificate file changes", async () => {
   await setup;
   await using backends = await startTestBackends("b1");
-  const dir = await Deno.makeTempDir({ prefix: "sluice_cert_watch_" });
-  try {
-    const certFile = `${dir}/site.pem`;
-    const keyFile = `${dir}/site.key`;
-    await Deno.writeTextFile(certFile, certs.v1.cert);
-    await Deno.writeTextFile(keyFile, certs.v1.key);
-    await using s = await launch({
-      listen: [{
-        host: "127.0.0.1",
-        port: 0,
-        tls: { certificates: [{ cert: certFile, key: keyFile }] },
-      }],
-      backends: [{ url: backends[0].url }],
-    }, { args: ["--watch"] });
-    const cn = async () => (await sClient(s.ports[0], { serverName: "site.example.com" })).cn;
-    assert.equal(await cn(), "site v1");
-    // Replaced by renaming over, as cert managers do: key first, then the certificate.
-    await Deno.writeTextFile(`${dir}/.key.tmp`, certs.v2.key);
-    await Deno.writeTextFile(`${dir}/.cert.tmp`, certs.v2.cert);
-    await Deno.rename(`${dir}/.key.tmp`, keyFile);
-    await Deno.rename(`${dir}/.cert.tmp`, certFile);
-    await s.proc.stderr.waitFor(/certificates reloaded/, Math.max(1, TEST_WORKERS), PATIENCE);
-    assert.equal(await cn(), "site v2");
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using site = await siteFiles("sluice_cert_watch_");
+  const { dir, certFile, keyFile } = site;
+  await using s = await launch({
+    listen: [{ host: "127.0.0.1", port: 0, tls: site.tls }],
+    backends: [{ url: backends[0].url }],
+  }, { args: ["--watch"] });
+  const cn = async () => (await sClient(s.ports[0], { serverName: "site.example.com" })).cn;
+  assert.equal(await cn(), "site v1");
+  // Replaced by renaming over, as cert managers do: key first, then the certificate.
+  await Deno.writeTextFile(`${dir}/.key.tmp`, certs.v2.key);
+  await Deno.writeTextFile(`${dir}/.cert.tmp`, certs.v2.cert);
+  await Deno.rename(`${dir}/.key.tmp`, keyFile);
+  await Deno.rename(`${dir}/.cert.tmp`, certFile);
+  await s.stderr.waitFor(/certificates reloaded/, Math.max(1, TEST_WORKERS), PATIENCE);
+  assert.equal(await cn(), "site v2");
 });
 
 Deno.test("tls: --check reports every certificate and CA problem at once, as field: reason lines", async () => {
   await setup;
-  const dir = await configDir({
+  await using dir = await configDir({
     listen: [
       { port: 8080 },
       {
@@ -392,31 +353,15 @@ Deno.test("tls: --check reports every certificate and CA problem at once, as fie
     },
     routes: [{ path: "/api", pool: "api" }, { pool: "default" }],
   });
-  try {
-    const proc = spawn([
-      "run",
-      "--allow-net",
-      "--allow-read",
-      "--allow-env=LOG_TOKENS,LOG_STREAM",
-      "main.ts",
-      "--config",
-      dir.file,
-      "--check",
-    ]);
-    const status = await proc.status;
-    await proc.stop("SIGTERM");
-    const text = proc.stderr.lines.join("\n");
-    assert.equal(status.code, 1, text);
-    assert.match(
-      text,
-      /listen\[1\]\.tls\.certificates\[0\]\.cert: cannot read: no such file \(.*missing\.pem\)/,
-    );
-    assert.match(text, /listen\[1\]\.tls\.certificates\[1\]\.key: does not match the certificate/);
-    assert.match(text, /^backends\[0\]\.tls\.ca: cannot read: no such file/m);
-    assert.match(text, /^pools\.api\.tls\.ca: not a PEM certificate/m);
-  } finally {
-    await dir[Symbol.asyncDispose]();
-  }
+  const { code, stderr: text } = await checkConfig(dir.file);
+  assert.equal(code, 1, text);
+  assert.match(
+    text,
+    /listen\[1\]\.tls\.certificates\[0\]\.cert: cannot read: no such file \(.*missing\.pem\)/,
+  );
+  assert.match(text, /listen\[1\]\.tls\.certificates\[1\]\.key: does not match the certificate/);
+  assert.match(text, /^backends\[0\]\.tls\.ca: cannot read: no such file/m);
+  assert.match(text, /^pools\.api\.tls\.ca: not a PEM certificate/m);
 });
 
 Deno.test("tls: without --allow-ffi one clear warning about TCP_NODELAY; with it, none and no delayed-ACK stalls", async () => {
@@ -442,7 +387,7 @@ Deno.test("tls: without --allow-ffi one clear warning about TCP_NODELAY; with it
       ],
       backends: [{ url: `http://127.0.0.1:${backend.addr.port}` }],
     };
-    const timing = async (s: Running) => {
+    const timing = async (s: LaunchedSluice) => {
       const client = await tlsClient(s.ports[0], "a.example.com");
       try {
         // Chunked responses: read until the last chunk.
@@ -470,13 +415,13 @@ Deno.test("tls: without --allow-ffi one clear warning about TCP_NODELAY; with it
     let slow: number;
     {
       await using s = await launch(config, { ffi: false });
-      await s.proc.stderr.waitFor(/TCP_NODELAY not set \(needs --allow-ffi\)/);
+      await s.stderr.waitFor(/TCP_NODELAY not set \(needs --allow-ffi\)/);
       slow = await timing(s);
-      assert.equal(s.proc.stderr.matching(/TCP_NODELAY/).length, 1, "warned once");
+      assert.equal(s.stderr.matching(/TCP_NODELAY/).length, 1, "warned once");
     }
     await using s = await launch(config);
     const fast = await timing(s);
-    assert.equal(s.proc.stderr.matching(/TCP_NODELAY/).length, 0);
+    assert.equal(s.stderr.matching(/TCP_NODELAY/).length, 0);
     // Nagle plus the client's delayed ACK costs ~40 ms a response; without it, a few ms.
     assert.ok(slow >= 30, `median ${slow.toFixed(1)} ms without TCP_NODELAY`);
     assert.ok(fast < slow / 2, `median ${fast.toFixed(1)} ms with, ${slow.toFixed(1)} ms without`);

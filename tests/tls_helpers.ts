@@ -88,17 +88,20 @@ export async function createTestCa(dir?: string): Promise<TestCa> {
       const sans = options.sans ?? [];
       const cn = options.cn ?? (sans.find((s) => !s.startsWith("IP:")) ?? name);
       const type = options.keyType ?? "ec";
-      await openssl([
-        "req",
-        ...keyArgs(type),
-        "-nodes",
-        "-keyout",
-        `${name}.key`,
-        "-out",
-        `${name}.csr`,
-        "-subj",
-        `/CN=${cn}`,
-      ], root);
+      // A new key in NAME.key and a signing request for it.
+      const request = (csr: string, subject: string) =>
+        openssl([
+          "req",
+          ...keyArgs(type),
+          "-nodes",
+          "-keyout",
+          `${name}.key`,
+          "-out",
+          csr,
+          "-subj",
+          `/CN=${subject}`,
+        ], root);
+      await request(`${name}.csr`, cn);
       const ext = ["basicConstraints=CA:false", "extendedKeyUsage=serverAuth"];
       if (sans.length) {
         ext.push(
@@ -124,22 +127,8 @@ export async function createTestCa(dir?: string): Promise<TestCa> {
         "-out",
         `${name}.pem`,
       ], root);
-      if (options.mismatchedKey) {
-        await openssl(
-          [
-            "req",
-            ...keyArgs(type),
-            "-nodes",
-            "-keyout",
-            `${name}.key`,
-            "-out",
-            `${name}.other.csr`,
-            "-subj",
-            "/CN=other",
-          ],
-          root,
-        );
-      }
+      // Another key replaces the certificate's own.
+      if (options.mismatchedKey) await request(`${name}.other.csr`, "other");
       const certFile = `${root}/${name}.pem`;
       const keyFile = `${root}/${name}.key`;
       return {

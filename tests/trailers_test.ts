@@ -7,8 +7,7 @@
 import assert from "node:assert/strict";
 import { ChunkedDecoder, lastChunk } from "../lib/http1/wire.ts";
 import { concat } from "./helpers.ts";
-import { configDir, PATIENCE } from "./ops_helpers.ts";
-import { spawn, type Subprocess, TEST_WORKERS } from "./process_helpers.ts";
+import { launchSluice, type Sluice } from "./ops_helpers.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -44,40 +43,12 @@ Deno.test("trailers: the chunked decoder keeps trailer fields as sent; lastChunk
   assert.equal(none.trailers, undefined, "no trailers: nothing allocated");
 });
 
-/** sluice (one plain listener with http2) in front of `backend`; its port. */
-async function launch(backend: number): Promise<
-  { proc: Subprocess; port: number; [Symbol.asyncDispose](): Promise<void> }
-> {
-  const dir = await configDir({
+/** sluice (one plain listener with http2) in front of `backend`. */
+function launch(backend: number): Promise<Sluice> {
+  return launchSluice({
     listen: { host: "127.0.0.1", port: 0, http2: true },
     backends: [{ url: `http://127.0.0.1:${backend}` }],
-  });
-  const proc = spawn([
-    "run",
-    "--allow-net",
-    "--allow-read",
-    "--allow-env=LOG_TOKENS,LOG_STREAM",
-    "main.ts",
-    ...(TEST_WORKERS > 1 ? ["--workers", String(TEST_WORKERS)] : []),
-    "--config",
-    dir.file,
-  ]);
-  const listening = /sluice listening on https?:\/\/\S+:(\d+)/;
-  try {
-    const [line] = await proc.stderr.waitFor(listening, 1, PATIENCE);
-    return {
-      proc,
-      port: Number(listening.exec(line)![1]),
-      async [Symbol.asyncDispose]() {
-        await proc.stop("SIGTERM");
-        await dir[Symbol.asyncDispose]();
-      },
-    };
-  } catch (err) {
-    await proc.stop("SIGKILL");
-    await dir[Symbol.asyncDispose]();
-    throw err;
-  }
+  }, { settle: false });
 }
 
 /**

@@ -9,9 +9,8 @@ import assert from "node:assert/strict";
 import { serve } from "../lib/listener/server.ts";
 import { exchange } from "../lib/upstream/client.ts";
 import { ConnectionPool } from "../lib/upstream/connection_pool.ts";
-import { concat } from "./helpers.ts";
-import { configDir, PATIENCE } from "./ops_helpers.ts";
-import { spawn, type Subprocess, TEST_WORKERS } from "./process_helpers.ts";
+import { concat, rawServer } from "./helpers.ts";
+import { type LaunchedSluice, launchSluice, PATIENCE } from "./ops_helpers.ts";
 import { RawClient } from "./proxy_helpers.ts";
 import { createTestCa } from "./tls_helpers.ts";
 import { runWsClient, startWsEchoServer, wsUnavailable } from "./ws_helpers.ts";
@@ -22,63 +21,21 @@ const TOKEN = "websocket-test-token-0123456789";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-/** sluice from a config in a temp dir (with `--allow-ffi`); ports in `listen` order. */
-interface Running {
-  proc: Subprocess;
-  ports: number[];
-  /** The admin port, when the config has `admin`. */
-  admin: number;
-  /** Access log records (`accessLog: { format: json }` on stdout) so far. */
-  records(): Record<string, unknown>[];
-  [Symbol.asyncDispose](): Promise<void>;
-}
-
-async function launch(config: Record<string, unknown>): Promise<Running> {
-  const dir = await configDir({
+/** sluice from a config in a temp dir (with `--allow-ffi`, a JSON access log and an admin port). */
+function launch(config: Record<string, unknown>): Promise<LaunchedSluice> {
+  return launchSluice({
     accessLog: { format: "json" },
     admin: { host: "127.0.0.1", port: 0, token: TOKEN },
     ...config,
-  });
-  const proc = spawn([
-    "run",
-    "--allow-net",
-    "--allow-read",
-    "--allow-write",
-    "--allow-env=LOG_TOKENS,LOG_STREAM",
-    "--allow-ffi",
-    "main.ts",
-    ...(TEST_WORKERS > 1 ? ["--workers", String(TEST_WORKERS)] : []),
-    "--config",
-    dir.file,
-  ]);
-  const count = Array.isArray(config.listen) ? config.listen.length : 1;
-  const listening = /sluice listening on https?:\/\/\S+:(\d+)/;
-  try {
-    const lines = await proc.stderr.waitFor(listening, count, PATIENCE);
-    const [adminLine] = await proc.stderr.waitFor(/admin listening on http:\/\/\S+:(\d+)/);
-    return {
-      proc,
-      ports: lines.map((l) => Number(listening.exec(l)![1])),
-      admin: Number(/:(\d+)\s/.exec(adminLine + " ")![1]),
-      records: () => proc.stdout.lines.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)),
-      async [Symbol.asyncDispose]() {
-        await proc.stop("SIGTERM");
-        await dir[Symbol.asyncDispose]();
-      },
-    };
-  } catch (err) {
-    await proc.stop("SIGKILL");
-    await dir[Symbol.asyncDispose]();
-    throw err;
-  }
+  }, { ffi: true, settle: false });
 }
 
 /** Waits for an access log record matching `test`. */
 async function record(
-  s: Running,
+  s: LaunchedSluice,
   test: (r: Record<string, unknown>) => boolean,
 ): Promise<Record<string, unknown>> {
-  await s.proc.stdout.waitFor(/^\{/, 1, PATIENCE);
+  await s.stdout.waitFor(/^\{/, 1, PATIENCE);
   const deadline = Date.now() + PATIENCE;
   for (;;) {
     const found = s.records().find(test);
@@ -89,8 +46,8 @@ async function record(
 }
 
 /** One metric's value from the admin listener's /metrics. */
-async function metric(s: Running, line: RegExp): Promise<number | undefined> {
-  const res = await fetch(`http://127.0.0.1:${s.admin}/metrics`, {
+async function metric(s: LaunchedSluice, line: RegExp): Promise<number | undefined> {
+  const res = await fetch(`${s.admin}/metrics`, {
     headers: { authorization: `Bearer ${TOKEN}` },
   });
   const text = await res.text();
@@ -105,9 +62,7 @@ async function metric(s: Running, line: RegExp): Promise<number | undefined> {
  * gets a `426` with a body instead, on a connection that stays usable. Health probes get 200.
  */
 function xEchoBackend() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const heads: string[] = [];
-  const conns = new Set<Deno.Conn>();
   const serveConn = async (conn: Deno.Conn) => {
     let buf: Uint8Array = new Uint8Array(0);
     const chunk = new Uint8Array(65536);
@@ -155,31 +110,7 @@ function xEchoBackend() {
       return;
     }
   };
-  (async () => {
-    for await (const conn of listener) {
-      conns.add(conn);
-      serveConn(conn).catch(() => {}).finally(() => {
-        conns.delete(conn);
-        try {
-          conn.close();
-        } catch { /* closed */ }
-      });
-    }
-  })().catch(() => {});
-  const port = (listener.addr as Deno.NetAddr).port;
-  return {
-    port,
-    url: `http://127.0.0.1:${port}`,
-    heads,
-    close() {
-      listener.close();
-      for (const c of conns) {
-        try {
-          c.close();
-        } catch { /* closed */ }
-      }
-    },
-  };
+  return { ...rawServer(serveConn), heads };
 }
 
 function findHeadEnd(buf: Uint8Array): number {
@@ -506,17 +437,17 @@ Deno.test("upgrade: at shutdown open tunnels keep going until timeouts.drain, th
     const client = await XEchoClient.open(s.ports[0]);
     try {
       await client.until("HELLO\n");
-      s.proc.kill("SIGTERM");
-      await s.proc.stderr.waitFor(/shutting down: draining/);
+      s.kill("SIGTERM");
+      await s.stderr.waitFor(/shutting down: draining/);
       const draining = Date.now();
       await client.send("still here");
       assert.equal(await client.until("STILL HERE"), "STILL HERE", "open during the drain");
       await client.closed();
       const after = Date.now() - draining;
       assert.ok(after >= 1_200, `tunnel closed ${after} ms into the drain`);
-      const status = await s.proc.status;
+      const status = await s.process.status;
       assert.equal(status.code, 0);
-      await s.proc.stop("SIGTERM");
+      await s.stop();
       const line = await record(s, (r) => r.status === 101);
       assert.equal(line.error, "closed at shutdown");
     } finally {

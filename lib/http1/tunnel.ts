@@ -3,6 +3,7 @@
  * `101 Switching Protocols`): bytes copied both ways between the client and the backend, never
  * parsed, with half-closes passed on and one idle deadline for both directions.
  */
+import { closeQuietly, writeAll } from "./io.ts";
 
 /** One side of a tunnel: the part of `Deno.Conn` the relay uses. */
 export interface TunnelEnd {
@@ -117,18 +118,6 @@ export class Relay {
     } catch {
       // `to` is gone already; its own direction ends with it.
     }
-  }
-}
-
-async function writeAll(end: TunnelEnd, bytes: Uint8Array): Promise<void> {
-  for (let off = 0; off < bytes.length;) off += await end.write(bytes.subarray(off));
-}
-
-function closeQuietly(end: TunnelEnd): void {
-  try {
-    end.close();
-  } catch {
-    // already closed
   }
 }
 

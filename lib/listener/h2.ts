@@ -8,6 +8,8 @@
  * are hyper's. `node:http2` is avoided on purpose: it crashed under light load in Deno 2.9.
  */
 
+import { closeQuietly, pump, writeAll } from "../http1/io.ts";
+
 /** The HTTP/2 connection preface a client sends first (RFC 9113 §3.4). */
 export const H2_PREFACE: Uint8Array = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
@@ -365,32 +367,4 @@ export function openH2cBridge(options: Omit<H2Options, "client">): H2cBridge {
     },
     close: () => closeQuietly(internal),
   };
-}
-
-/** Copies `from` to `to` until EOF (then half-closes `to`) or an error (then closes both). */
-async function pump(from: Deno.Conn, to: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(64 * 1024);
-  try {
-    for (;;) {
-      const n = await from.read(buf);
-      if (n === null) break;
-      await writeAll(to, buf.subarray(0, n));
-    }
-    await to.closeWrite();
-  } catch {
-    closeQuietly(to);
-    closeQuietly(from);
-  }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
-}
-
-function closeQuietly(resource: { close(): void }): void {
-  try {
-    resource.close();
-  } catch {
-    // already closed
-  }
 }

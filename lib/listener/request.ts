@@ -1,6 +1,7 @@
 /** Client requests as the listener parses them: strict HTTP/1.1 request heads (RFC 9112). */
 import { parseIpInto } from "../cidr.ts";
 import type { Endpoint } from "../http1/proxy_protocol.ts";
+import type { ClientRequest } from "../message.ts";
 import {
   connectionTokens,
   latin1String,
@@ -42,39 +43,6 @@ export const DEFAULT_LIMITS: Readonly<RequestLimits> = Object.freeze({
   maxUriLength: 8 * 1024,
   maxBodySize: Infinity,
 });
-
-/** One client request: its head as received, and its body as a stream. */
-export interface ClientRequest {
-  readonly method: string;
-  /** Path and query exactly as sent, less any `#fragment` (`*` for a server-wide OPTIONS). */
-  readonly target: string;
-  /** 0 for HTTP/1.0, 1 for HTTP/1.1 (and for HTTP/1.2 and later 1.x, handled as 1.1). */
-  readonly minor: number;
-  /** Header names as sent, in order, repeats kept; `keys` has them lower-case at the same index. */
-  readonly names: readonly string[];
-  readonly keys: readonly string[];
-  readonly values: readonly string[];
-  /** The Host the client addressed (from the absolute-form target if it used one), or undefined. */
-  readonly host: string | undefined;
-  /** The target was in absolute form: `host` is its authority, and replaces any Host line upstream. */
-  readonly absoluteForm?: boolean;
-  /** Content-Length, or -1: no body unless `chunked`. */
-  readonly length: number;
-  readonly chunked: boolean;
-  /** The client wants the connection closed after this exchange. */
-  readonly close: boolean;
-  /** The client sent `Expect: 100-continue`. */
-  readonly expectContinue: boolean;
-  /** The client's address and port (with the PROXY protocol, the header's source). */
-  readonly ip: string;
-  readonly port: number;
-  /** The address the client connected to (with the PROXY protocol, the header's destination). */
-  readonly local?: Endpoint;
-  /** The body, or null when the request has none. */
-  body: ReadableStream<Uint8Array> | null;
-  /** A header's value (repeats joined with ", ", or "; " for Cookie), undefined if absent; `key` lower-case. */
-  header(key: string): string | undefined;
-}
 
 class ParsedRequest implements ClientRequest {
   body: ReadableStream<Uint8Array> | null = null;

@@ -15,6 +15,7 @@ import {
   HeadTooLarge,
 } from "../http1/connection.ts";
 import { Deadline } from "../http1/deadlines.ts";
+import { closeQuietly } from "../http1/io.ts";
 import { type Endpoint, parseProxyHeader } from "../http1/proxy_protocol.ts";
 import { Relay, type TunnelEnd } from "../http1/tunnel.ts";
 import { findHeadEnd, latin1Bytes, ParseError } from "../http1/wire.ts";
@@ -1008,14 +1009,6 @@ class ClientBody {
   /** The whole body has been read. */
   get done(): boolean {
     return this.#body.done;
-  }
-}
-
-function closeQuietly(resource: { close(): void }): void {
-  try {
-    resource.close();
-  } catch {
-    // already closed
   }
 }
 

@@ -3,7 +3,7 @@ import { hash32 } from "../hash.ts";
 import { cookieValue } from "../message.ts";
 import type { Backend, Pool } from "../pool.ts";
 import { roundRobin } from "./round_robin.ts";
-import type { SelectContext, Selector } from "./types.ts";
+import { rebuiltOnChange, type SelectContext, type Selector } from "./types.ts";
 
 /** Virtual nodes per unit of weight: enough for an even spread, few enough to rebuild quickly. */
 const VNODES = 160;
@@ -77,24 +77,12 @@ export class HashRing {
 export function consistentHash(pool: Pool, hashKey: string): Selector {
   const extract = keyExtractor(hashKey);
   const fallback = roundRobin(pool);
-  let ring: HashRing | undefined;
-  let shape = "";
-  let version = -1;
+  const ring = rebuiltOnChange(pool, (backends) => new HashRing(backends));
   return {
     candidates(ctx) {
       const key = extract(ctx);
       if (key === undefined) return fallback.candidates(ctx);
-      // Rebuild only when the set of backends or their weights change, not on health flips
-      // (those bump the pool's version too, so the shape is compared only then).
-      if (!ring || version !== pool.version) {
-        version = pool.version;
-        const now = pool.backends.map((b) => `${b.id}=${b.weight}`).join(",");
-        if (!ring || now !== shape) {
-          ring = new HashRing(pool.backends);
-          shape = now;
-        }
-      }
-      return ring.walk(key);
+      return ring().walk(key);
     },
   };
 }

@@ -10,7 +10,7 @@ import { hash32 } from "../hash.ts";
 import type { Backend, Pool } from "../pool.ts";
 import { keyExtractor } from "./consistent_hash.ts";
 import { roundRobin } from "./round_robin.ts";
-import type { Selector } from "./types.ts";
+import { rebuiltOnChange, type Selector } from "./types.ts";
 
 /**
  * The default lookup table size: prime (the permutations need it) and large enough that a
@@ -150,25 +150,12 @@ export function maglev(pool: Pool, hashKey: string, options: MaglevOptions = {})
   if (!isPrime(size)) throw new Error(`maglev table size must be prime (got ${size})`);
   const extract = keyExtractor(hashKey);
   const fallback = roundRobin(pool);
-  let table: MaglevTable | undefined;
-  let shape = "";
-  let version = -1;
+  const table = rebuiltOnChange(pool, (backends) => new MaglevTable(backends, size));
   return {
     candidates(ctx) {
       const key = extract(ctx);
       if (key === undefined) return fallback.candidates(ctx);
-      // Rebuild only when the set of backends or their weights change, not on health flips
-      // (those bump the pool's version too, so the shape is compared only then). The table
-      // spans unavailable backends too, so a backend going down moves only its own keys.
-      if (!table || version !== pool.version) {
-        version = pool.version;
-        const now = pool.backends.map((b) => `${b.id}=${b.weight}`).join(",");
-        if (!table || now !== shape) {
-          table = new MaglevTable(pool.backends, size);
-          shape = now;
-        }
-      }
-      return table.walk(key);
+      return table().walk(key);
     },
   };
 }

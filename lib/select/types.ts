@@ -61,3 +61,29 @@ export function* firstThen(first: Backend, list: Iterable<Backend>): Generator<B
 export function load(pool: Pool, b: Backend, now: number): number {
   return (b.inflight + 1) / pool.effectiveWeight(b, now);
 }
+
+/**
+ * `build(backends)`, built again only when the pool's set of backends or their weights change,
+ * not on health flips (those bump the pool's version too, so the set is compared only then).
+ * For lookup tables that span unavailable backends too, so a backend going down moves only its
+ * own keys.
+ */
+export function rebuiltOnChange<T>(
+  pool: Pool,
+  build: (backends: readonly Backend[]) => T,
+): () => T {
+  let value: T | undefined;
+  let shape = "";
+  let version = -1;
+  return () => {
+    if (value === undefined || version !== pool.version) {
+      version = pool.version;
+      const now = pool.backends.map((b) => `${b.id}=${b.weight}`).join(",");
+      if (value === undefined || now !== shape) {
+        value = build(pool.backends);
+        shape = now;
+      }
+    }
+    return value;
+  };
+}

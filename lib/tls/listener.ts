@@ -16,6 +16,7 @@
  * It also learns each connection's SNI name, and reloads without `reusePort`. Costs about 2x the
  * CPU per handshake and 3x per small request (measured), so only listeners that need it use it.
  */
+import { closeQuietly, pump, writeAll } from "../http1/io.ts";
 import { parseProxyHeader } from "../http1/proxy_protocol.ts";
 import { type LoadedCertificate, selectCertificate } from "./certificates.ts";
 import {
@@ -519,32 +520,4 @@ function openFront(options: TlsListenerOptions): TlsListener {
       if (inner.connecting === 0) closeQuietly(inner.listener);
     },
   };
-}
-
-/** Copies `from` to `to`; at EOF half-closes `to`, on any error closes both. */
-async function pump(from: Deno.Conn, to: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(64 * 1024);
-  try {
-    for (;;) {
-      const n = await from.read(buf);
-      if (n === null) break;
-      await writeAll(to, buf.subarray(0, n));
-    }
-    await to.closeWrite();
-  } catch {
-    closeQuietly(to);
-    closeQuietly(from);
-  }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
-}
-
-function closeQuietly(resource: { close(): void }): void {
-  try {
-    resource.close();
-  } catch {
-    // already closed
-  }
 }

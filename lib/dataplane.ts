@@ -15,7 +15,13 @@ import {
   type Reply,
   textReply,
 } from "./message.ts";
-import { Forwarder, type PoolRuntime, type ProxyObserver, type RequestRecord } from "./proxy.ts";
+import {
+  Forwarder,
+  type Outbound,
+  type PoolRuntime,
+  type ProxyObserver,
+  type RequestRecord,
+} from "./proxy.ts";
 import { type HeaderEdits, type Route, type Router, stripPrefix } from "./router.ts";
 import { httpDate } from "./http1/wire.ts";
 import { RequestBody } from "./upstream/request_body.ts";
@@ -53,8 +59,12 @@ export class DataPlane {
     });
   }
 
-  /** Answers one request. */
-  handle = async (req: ClientRequest): Promise<Reply> => {
+  /**
+   * Answers one request. Routing and the balancer's own answers are synchronous; a request with
+   * nothing to await before it goes upstream (no hooks, rewrites, buffering or response edits:
+   * the common case) is handed to the forwarder without an async frame of its own.
+   */
+  handle = (req: ClientRequest): Reply | Promise<Reply> => {
     const table = this.table;
     const time = Date.now();
     const started = performance.now();
@@ -109,7 +119,28 @@ export class DataPlane {
       }
       pool = action.pool;
     }
+    const hooks = table.hooks;
+    if (
+      hooks === undefined && route?.strip === undefined && !route?.requestHeaders &&
+      !route?.responseHeaders && (req.body === null || table.requestBuffering === 0)
+    ) {
+      if (pool === undefined) return this.#noRoute(record, started);
+      const prepared = this.#prepare(table, req, req, pool, record, started);
+      return "status" in prepared ? prepared : this.#forwarder.forward(prepared.rt, prepared.out);
+    }
+    return this.#handleSlowly(table, req, record, route, pool, started);
+  };
 
+  /** The rest of `handle` for requests with hooks, rewrites, request buffering or response edits. */
+  async #handleSlowly(
+    table: Table,
+    req: ClientRequest,
+    record: RequestRecord,
+    route: Route | undefined,
+    pool: string | undefined,
+    started: number,
+  ): Promise<Reply> {
+    const ip = record.ip;
     // The route's rewrites come first: hooks see the request as the backend would, and their
     // changes are the last word (a route's prefix is never stripped from a hook's new path).
     let request = req;
@@ -143,36 +174,10 @@ export class DataPlane {
       pool = ctx.pool;
       request = hooked.result();
     }
-    if (pool === undefined) {
-      record.requestId ||= requestIdOf(req);
-      const reply = textReply(404, "Not Found: no route matches this request\n", [[
-        "x-request-id",
-        record.requestId,
-      ]]);
-      return this.#own(record, started, reply);
-    }
-    const rt = table.pools.get(pool);
-    if (!rt) {
-      return this.#hookFailed(record, started, "onRequest", new Error(`no pool named ${pool}`));
-    }
-    record.pool = pool;
-
-    const forward = forwardHead(
-      request,
-      req.ip,
-      req.tls ? "https" : "http",
-      record.requestId || undefined,
-      table.trusted,
-    );
-    if (!record.requestId) {
-      record.requestId = forward.requestId ?? crypto.randomUUID();
-      if (forward.requestId === undefined) {
-        forward.text += "x-request-id: " + record.requestId + "\r\n";
-      }
-    }
-    const body = req.body
-      ? new RequestBody(req.body, Math.max(table.retryBuffer, table.requestBuffering))
-      : null;
+    if (pool === undefined) return this.#noRoute(record, started);
+    const prepared = this.#prepare(table, req, request, pool, record, started);
+    if ("status" in prepared) return prepared;
+    const body = prepared.out.body;
     if (body && table.requestBuffering > 0) {
       // Read a small body whole before any backend is chosen: a slow uploader then holds no
       // backend connection.
@@ -185,23 +190,7 @@ export class DataPlane {
         return this.#own(record, started, textReply(status, text, [["connection", "close"]]));
       }
     }
-    const settings = rt.settings;
-    const reply = await this.#forwarder.forward(rt, {
-      head: forward.text,
-      hasHost: forward.hasHost,
-      chunked: forward.chunked,
-      body,
-      select: {
-        request,
-        ip,
-        target: request.target,
-        pinned: settings.sticky
-          ? cookieValue(req.header("cookie"), settings.sticky.cookie)
-          : undefined,
-      },
-      record,
-      started,
-    });
+    const reply = await this.#forwarder.forward(prepared.rt, prepared.out);
     if (!record.answered) return reply;
     if (route?.responseHeaders) applyEdits(reply.headers, route.responseHeaders);
     if (hooks?.onResponse) {
@@ -232,7 +221,69 @@ export class DataPlane {
       reply.headers = out;
     }
     return reply;
-  };
+  }
+
+  /** 404 for a request no route matched. */
+  #noRoute(record: RequestRecord, started: number): Reply {
+    record.requestId ||= requestIdOf(record.request);
+    const reply = textReply(404, "Not Found: no route matches this request\n", [[
+      "x-request-id",
+      record.requestId,
+    ]]);
+    return this.#own(record, started, reply);
+  }
+
+  /**
+   * What goes upstream for `request` (the client's `req` as rewritten) to `pool`, or the reply
+   * when the pool is unknown.
+   */
+  #prepare(
+    table: Table,
+    req: ClientRequest,
+    request: ClientRequest,
+    pool: string,
+    record: RequestRecord,
+    started: number,
+  ): Reply | { rt: PoolRuntime; out: Outbound } {
+    const rt = table.pools.get(pool);
+    if (!rt) {
+      return this.#hookFailed(record, started, "onRequest", new Error(`no pool named ${pool}`));
+    }
+    record.pool = pool;
+    const forward = forwardHead(
+      request,
+      req.ip,
+      req.tls ? "https" : "http",
+      record.requestId || undefined,
+      table.trusted,
+    );
+    if (!record.requestId) {
+      record.requestId = forward.requestId ?? crypto.randomUUID();
+      if (forward.requestId === undefined) {
+        forward.text += "x-request-id: " + record.requestId + "\r\n";
+      }
+    }
+    const sticky = rt.settings.sticky;
+    return {
+      rt,
+      out: {
+        head: forward.text,
+        hasHost: forward.hasHost,
+        chunked: forward.chunked,
+        body: req.body
+          ? new RequestBody(req.body, Math.max(table.retryBuffer, table.requestBuffering))
+          : null,
+        select: {
+          request,
+          ip: record.ip,
+          target: request.target,
+          pinned: sticky ? cookieValue(req.header("cookie"), sticky.cookie) : undefined,
+        },
+        record,
+        started,
+      },
+    };
+  }
 
   /** A reply the balancer makes itself: the request is over once it is handed back. */
   #own(record: RequestRecord, started: number, reply: Reply): Reply {

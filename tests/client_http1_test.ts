@@ -473,6 +473,25 @@ Deno.test("timeouts.clientIdle: an idle keep-alive connection is closed without 
   }, { timeouts: { clientIdle: "1s" } });
 });
 
+Deno.test("timeouts.clientIdle does not cut a request whose response takes longer", async () => {
+  const [backend] = await startBackends(1, { delay: 1_200 });
+  try {
+    await using lb = await startTestBalancer({
+      backends: [{ url: backendUrl(backend) }],
+      health: { interval: "10s", timeout: "5s" },
+      timeouts: { clientIdle: "300ms" },
+    });
+    using client = await RawClient.connect(lb.balancer.addr.port);
+    await client.send(`GET /echo HTTP/1.1\r\n${H}\r\n`);
+    echo(await read(client, "the slow response"));
+    // Still open for the next request on the same connection.
+    await client.send(`GET /echo HTTP/1.1\r\n${H}\r\n`);
+    echo(await read(client, "the second response"));
+  } finally {
+    await backend.shutdown();
+  }
+});
+
 Deno.test("timeouts.clientHeader bounds the whole head: a byte at a time does not extend it", () =>
   timesOut408("clientHeader", async (client) => {
     for (

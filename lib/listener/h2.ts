@@ -61,7 +61,7 @@ export interface H2Reply {
 }
 
 /** Answers one HTTP/2 request. */
-export type H2Handler = (request: H2Request) => Promise<H2Reply>;
+export type H2Handler = (request: H2Request) => H2Reply | Promise<H2Reply>;
 
 /** What {@linkcode serveHttp2} needs. */
 export interface H2Options {

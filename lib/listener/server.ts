@@ -45,7 +45,7 @@ export type { ClientRequest, Reply };
 export { textReply };
 
 /** Answers one request (a front end's request: HTTP/1.x, or HTTP/2 with `protocol`). */
-export type Handler = (request: ClientRequest) => Promise<Reply>;
+export type Handler = (request: ClientRequest) => Reply | Promise<Reply>;
 
 /** Client-side timeouts, ms; read at each use, so a reload applies to open connections too. */
 export interface ClientTimeouts {
@@ -574,8 +574,10 @@ class Session {
           }
           if (got === null || this.context.draining) return;
           conn.end += got;
+          // No longer idle: a head arrives (#readHead times the rest) or is here already.
+          this.disarm();
         }
-        const request = await this.#readHead();
+        const request = this.#bufferedHead() ?? await this.#readHead();
         if (request === undefined) return;
         const reusable = await this.#exchange(request);
         if (!reusable) return this.#linger();
@@ -664,6 +666,31 @@ class Session {
     } finally {
       this.disarm();
     }
+  }
+
+  /**
+   * The next request when its whole head is already buffered and valid (the common case, with
+   * no async frame); undefined otherwise, and `#readHead` reads, parses and answers errors.
+   */
+  #bufferedHead(): ClientRequest | undefined {
+    const conn = this.conn;
+    if (conn.end - conn.start < 2 || conn.buf[conn.start] === 13) return undefined;
+    const end = findHeadEnd(conn.buf, conn.start, conn.end);
+    if (end === -1) return undefined;
+    let request: ClientRequest;
+    try {
+      request = parseRequestHead(
+        conn.buf.subarray(conn.start, end - 2),
+        this.ip,
+        this.port,
+        this.context.server.limits,
+        this.local,
+      );
+    } catch {
+      return undefined; // #readHead parses it again and answers the error
+    }
+    conn.start = end;
+    return request;
   }
 
   /** Reads and parses the next request head; undefined when the client is gone or a bad head was answered. */

@@ -679,18 +679,24 @@ class Session {
     if (end === -1) return undefined;
     let request: ClientRequest;
     try {
-      request = parseRequestHead(
-        conn.buf.subarray(conn.start, end - 2),
-        this.ip,
-        this.port,
-        this.context.server.limits,
-        this.local,
-      );
+      request = this.#parseHead(end);
     } catch {
       return undefined; // #readHead parses it again and answers the error
     }
     conn.start = end;
     return request;
+  }
+
+  /** Parses the buffered head that ends (CRLFCRLF included) at `end`; throws RequestError. */
+  #parseHead(end: number): ClientRequest {
+    const conn = this.conn;
+    return parseRequestHead(
+      conn.buf.subarray(conn.start, end - 2),
+      this.ip,
+      this.port,
+      this.context.server.limits,
+      this.local,
+    );
   }
 
   /** Reads and parses the next request head; undefined when the client is gone or a bad head was answered. */
@@ -742,13 +748,7 @@ class Session {
     this.disarm();
     let request: ClientRequest;
     try {
-      request = parseRequestHead(
-        conn.buf.subarray(conn.start, end - 2),
-        this.ip,
-        this.port,
-        server.limits,
-        this.local,
-      );
+      request = this.#parseHead(end);
     } catch (err) {
       if (!(err instanceof RequestError)) throw err;
       await this.#fail(err.status, err.message);

@@ -10,6 +10,21 @@ export async function writeAll(to: Writable, bytes: Uint8Array): Promise<void> {
   for (let off = 0; off < bytes.length;) off += await to.write(bytes.subarray(off));
 }
 
+/** A short human cause for a socket error: "connection refused", "connection reset", … */
+export function describeError(err: unknown): string {
+  if (err instanceof Deno.errors.ConnectionRefused) return "connection refused";
+  if (err instanceof Deno.errors.ConnectionReset) return "connection reset";
+  if (err instanceof Deno.errors.ConnectionAborted) return "connection aborted";
+  if (err instanceof Deno.errors.BrokenPipe) return "broken pipe";
+  if (err instanceof Deno.errors.TimedOut) return "timed out";
+  if (err instanceof Deno.errors.NotConnected) return "not connected";
+  if (err instanceof Deno.errors.BadResource || err instanceof Deno.errors.Interrupted) {
+    return "connection closed";
+  }
+  if (err instanceof Error) return err.message.split("\n")[0].replace(/ \(os error \d+\)$/, "");
+  return String(err);
+}
+
 /** Closes `resource`, ignoring that it may be closed already. */
 export function closeQuietly(resource: { close(): void }): void {
   try {

@@ -3,7 +3,7 @@
  * `101 Switching Protocols`): bytes copied both ways between the client and the backend, never
  * parsed, with half-closes passed on and one idle deadline for both directions.
  */
-import { closeQuietly, writeAll } from "./io.ts";
+import { closeQuietly, describeError, writeAll } from "./io.ts";
 
 /** One side of a tunnel: the part of `Deno.Conn` the relay uses. */
 export interface TunnelEnd {
@@ -107,7 +107,7 @@ export class Relay {
       }
     } catch (err) {
       if (!this.#closed) {
-        this.error ??= `${reading ? fromName : toName}: ${describe(err)}`;
+        this.error ??= `${reading ? fromName : toName}: ${describeError(err)}`;
         this.#close();
       }
       return;
@@ -119,14 +119,4 @@ export class Relay {
       // `to` is gone already; its own direction ends with it.
     }
   }
-}
-
-function describe(err: unknown): string {
-  if (err instanceof Deno.errors.ConnectionReset) return "connection reset";
-  if (err instanceof Deno.errors.BrokenPipe) return "broken pipe";
-  if (err instanceof Deno.errors.BadResource || err instanceof Deno.errors.Interrupted) {
-    return "connection closed";
-  }
-  if (err instanceof Error) return err.message.split("\n")[0].replace(/ \(os error \d+\)$/, "");
-  return String(err);
 }

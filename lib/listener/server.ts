@@ -16,6 +16,7 @@ import {
 } from "../http1/connection.ts";
 import { Deadline } from "../http1/deadlines.ts";
 import { closeQuietly } from "../http1/io.ts";
+import { formatHost } from "../net.ts";
 import { type Endpoint, parseProxyHeader } from "../http1/proxy_protocol.ts";
 import { Relay, type TunnelEnd } from "../http1/tunnel.ts";
 import { findHeadEnd, latin1Bytes, ParseError } from "../http1/wire.ts";
@@ -138,12 +139,12 @@ export function httpsRedirect(port: number): Handler {
     const host = req.host !== undefined
       ? hostOf(req.host)
       : req.local !== undefined
-      ? (req.local.ip.includes(":") ? `[${req.local.ip}]` : req.local.ip)
+      ? formatHost(req.local.ip)
       : "localhost";
     const location = "https://" + host + suffix + (req.target === "*" ? "/" : req.target);
     const reply = textReply(308, `Redirecting to ${location}\n`);
     reply.headers.push(["location", location]);
-    return Promise.resolve(reply);
+    return reply;
   };
 }
 

@@ -1,10 +1,12 @@
 /** Keep-alive connection pooling for one backend: reuse idle connections, open new ones on demand. */
 import { Connection } from "../http1/connection.ts";
+import { describeError } from "../http1/io.ts";
 import { encodeProxyV1, encodeProxyV2, type ProxyAddresses } from "../http1/proxy_protocol.ts";
 import { type BackendTlsOptions, connectBackendTls } from "../tls/backend.ts";
 import { UpstreamError } from "./errors.ts";
 
 export type { ProxyAddresses };
+export { describeError };
 
 /** Idle connections kept per backend at most; more are closed when released. */
 const MAX_IDLE = 256;
@@ -247,19 +249,4 @@ function withTimeout<T extends Deno.Conn>(pending: Promise<T>, signal: AbortSign
       },
     );
   });
-}
-
-/** A short human cause for a socket error: "connection refused", "connection reset", … */
-export function describeError(err: unknown): string {
-  if (err instanceof Deno.errors.ConnectionRefused) return "connection refused";
-  if (err instanceof Deno.errors.ConnectionReset) return "connection reset";
-  if (err instanceof Deno.errors.ConnectionAborted) return "connection aborted";
-  if (err instanceof Deno.errors.BrokenPipe) return "broken pipe";
-  if (err instanceof Deno.errors.TimedOut) return "timed out";
-  if (err instanceof Deno.errors.NotConnected) return "not connected";
-  if (err instanceof Deno.errors.BadResource || err instanceof Deno.errors.Interrupted) {
-    return "connection closed";
-  }
-  if (err instanceof Error) return err.message.split("\n")[0].replace(/ \(os error \d+\)$/, "");
-  return String(err);
 }

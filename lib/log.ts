@@ -102,6 +102,8 @@ const BATCH_WINDOW = 10;
 
 /** The byte buffer a LineWriter fills while the previous one is written: grows if a batch needs more. */
 const LINE_BUFFER = 64 * 1024;
+/** A buffer a burst grew up to this size is kept for the next batches. */
+const MAX_SPARE_BUFFER = 4 * 1024 * 1024;
 
 /** Writes whole lines to a file or stdout without blocking the caller (used by the access log). */
 export class LineWriter {
@@ -169,7 +171,8 @@ export class LineWriter {
       } catch {
         // A closed stdout or full disk must not take the balancer down.
       }
-      if (full.length === LINE_BUFFER) this.#spare = full;
+      // Kept even if a burst made it grow: else every later batch would grow a new one again.
+      if (full.length <= MAX_SPARE_BUFFER) this.#spare = full;
     }
     this.#flushing = undefined;
   }

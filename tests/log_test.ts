@@ -1,6 +1,6 @@
-/** The logger as an operator reads it: levels filter, text and JSON lines. */
+/** The logger as an operator reads it: levels filter, text and JSON lines; the batched line writer. */
 import assert from "node:assert/strict";
-import { type Level, Logger } from "../lib/log.ts";
+import { type Level, LineWriter, Logger } from "../lib/log.ts";
 
 function capture(level: Level, format: "text" | "json") {
   const lines: string[] = [];
@@ -106,4 +106,24 @@ Deno.test("bigint fields are written as numbers' text instead of throwing", () =
   json.log.info("big", { bytes: 10n ** 20n });
   assert.match(text.lines[0], /bytes=100000000000000000000$/);
   assert.equal(JSON.parse(json.lines[0]).bytes, "100000000000000000000");
+});
+
+Deno.test("LineWriter: bursts larger than its buffer are written whole and in order, batch after batch", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/lines.log`;
+  const writer = new LineWriter(path);
+  const expected: string[] = [];
+  // 2,000 lines of ~100 bytes: three times the 64 KB buffer, so it grows; then two more batches
+  // reuse the grown buffer and the other one.
+  for (const [batch, count] of [[0, 2000], [1, 2000], [2, 10]]) {
+    for (let i = 0; i < count; i++) {
+      const line = `batch ${batch} line ${i} ${"x".repeat(80)}`;
+      writer.write(line);
+      expected.push(line);
+    }
+    await writer.flush();
+  }
+  await writer.close();
+  assert.deepEqual((await Deno.readTextFile(path)).split("\n"), [...expected, ""]);
+  await Deno.remove(dir, { recursive: true });
 });

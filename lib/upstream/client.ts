@@ -344,9 +344,6 @@ function bodyStream(
     controller.close();
   };
 
-  // highWaterMark 1: one piece is read ahead, so the next read from the backend overlaps the
-  // write of this one to the client (256 MB through one connection: about 1.2x the MB/s of
-  // reading only when asked), and a slow client holds at most one piece more.
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
@@ -374,5 +371,5 @@ function bodyStream(
         finish(bytes, CLIENT_CLOSED);
       }
     },
-  }, { highWaterMark: 1 });
+  }, { highWaterMark: 0 });
 }

@@ -1,6 +1,7 @@
 /** The HTTP/1.1 client: sends one request over a pooled connection and streams the response back. */
 import { BodyCutShort, type Connection, FramedBody, HeadTooLarge } from "../http1/connection.ts";
-import { type ConnectionPool, describeError, type ProxyAddresses } from "./connection_pool.ts";
+import { describeError } from "../http1/io.ts";
+import type { ConnectionPool, ProxyAddresses } from "./connection_pool.ts";
 import {
   findHeadEnd,
   httpDate,

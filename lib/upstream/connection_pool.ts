@@ -6,7 +6,6 @@ import { type BackendTlsOptions, connectBackendTls } from "../tls/backend.ts";
 import { UpstreamError } from "./errors.ts";
 
 export type { ProxyAddresses };
-export { describeError };
 
 /** Idle connections kept per backend at most; more are closed when released. */
 const MAX_IDLE = 256;

@@ -1,6 +1,7 @@
 /** One active health probe: `GET path` on a fresh connection, answered by its status code. */
 import { findHeadEnd, parseResponseHead } from "../http1/wire.ts";
-import { type ConnectionPool, describeError } from "./connection_pool.ts";
+import { describeError } from "../http1/io.ts";
+import type { ConnectionPool } from "./connection_pool.ts";
 
 /** What a probe learned: the status, or why there is none. */
 export interface ProbeOutcome {

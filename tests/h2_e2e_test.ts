@@ -245,11 +245,23 @@ Deno.test("h2: requests meet the HTTP/1.1 limits: 414, 431, 413 for a declared o
   assert.equal((await curl([`${url}/${"x".repeat(120)}`])).stdout, "414");
   const many = Array.from({ length: 25 }, (_, i) => ["-H", `x-h${i}: ${i}`]).flat();
   assert.equal((await curl([...many, `${url}/`])).stdout, "431");
-  const big = new Uint8Array(5000);
-  assert.equal((await curl(["--data-binary", "@-", `${url}/up`], big)).stdout, "413");
-  assert.equal((await curl(["-T", "-", "-X", "POST", `${url}/up`], big)).stdout, "413");
+  // A refused upload is sent with nghttp: curl 7.88 (Debian 12) may drop the 413 when the
+  // stream's RST_STREAM(NO_ERROR) follows it before curl has sent its whole body (RFC 9113
+  // §8.1 allows that reset; curl reports "Stream error in the HTTP/2 framing layer").
+  const big = await Deno.makeTempFile();
+  try {
+    await Deno.writeFile(big, new Uint8Array(5000));
+    const status = async (...args: string[]) => {
+      const out = await run("nghttp", ["-v", "-d", big, ...args, `${url}/up`]);
+      return out.stdout.match(/:status: (\d+)/)?.[1] ?? out.stdout + out.stderr;
+    };
+    assert.equal(await status(), "413", "a declared length over maxBodySize");
+    assert.equal(await status("--no-content-length"), "413", "a streamed body over it");
+  } finally {
+    await Deno.remove(big);
+  }
   assert.equal(
-    (await curl(["-T", "-", "-X", "POST", `${url}/up`], big.subarray(0, 900))).stdout,
+    (await curl(["-T", "-", "-X", "POST", `${url}/up`], new Uint8Array(900))).stdout,
     "200",
   );
 });

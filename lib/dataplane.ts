@@ -206,6 +206,7 @@ export class DataPlane {
         });
       } catch (err) {
         if (reply.body instanceof ReadableStream) reply.body.cancel().catch(() => {});
+        reply.release?.();
         reply.tunnel?.done(0, 0, "hook onResponse failed");
         this.parts.log.error("hook onResponse failed", {
           requestId: record.requestId,

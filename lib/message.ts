@@ -62,6 +62,13 @@ export interface Reply {
   /** Bytes at hand, a stream, or null for no body. */
   body: Uint8Array | ReadableStream<Uint8Array> | null;
   /**
+   * Set when `body` is a view into a backend connection's read buffer (a response that arrived
+   * whole with its head): whoever takes the reply calls it once, when the bytes are written,
+   * copied or dropped. Until then the connection is not reused, so the bytes stay as they are;
+   * copying them out instead would cost an allocation per response.
+   */
+  release?: (() => void) | undefined;
+  /**
    * Trailer fields, known once the body stream has ended: a backend's chunked response may end
    * in them. HTTP/1.1 clients receiving a chunked body get them; HTTP/1.0 and HTTP/2 clients
    * do not (HTTP/1.0 has no trailers; Deno's HTTP/2 server cannot send them).

@@ -143,6 +143,7 @@ class Attempt {
   abandon(): void {
     const body = this.reply?.body;
     if (body instanceof ReadableStream) body.cancel().catch(() => {});
+    this.reply?.release?.();
     this.release();
   }
 }

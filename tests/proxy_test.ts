@@ -328,6 +328,66 @@ Deno.test("sequential requests reuse one upstream keep-alive connection", async 
   }
 });
 
+Deno.test("a response that arrives whole is relayed from the backend's buffer: concurrent clients each get their own bytes, and a 503 dropped for a retry frees its connection", async () => {
+  // Each body names its request and differs in length, so bytes overwritten by the next
+  // response on a reused connection would show.
+  const body = (target: string) => `${target}:` + "x".repeat(target.length * 7 % 300);
+  const good = scriptedBackend(({ target }) => ({
+    reply: `HTTP/1.1 200 OK\r\nContent-Length: ${body(target).length}\r\n` +
+      `x-delay: ${Number(target.split("/")[2]) % 4 * 3}\r\n\r\n${body(target)}`,
+  }));
+  const failing = scriptedBackend(() => ({
+    reply: "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+  }));
+  try {
+    await using lb = await startTestBalancer({
+      backends: [{ url: failing.url }, { url: good.url }],
+      retryOn: [503],
+      retryBudget: { percent: 100 },
+      outlier: { consecutiveFailures: 0 }, // the 503s are wanted, not an ejection
+    });
+    for (let round = 0; round < 5; round++) {
+      const targets = Array.from({ length: 40 }, (_, i) => `/r${round}/${i}`);
+      const texts = await Promise.all(targets.map(async (t) => {
+        const res = await fetch(lb.url + t);
+        assert.equal(res.status, 200);
+        return await res.text();
+      }));
+      assert.deepEqual(texts, targets.map(body));
+    }
+    // An onResponse hook that waits (0-9 ms, as the backend says) holds the reply while other
+    // responses arrive on the same connections: the lent bytes must stay the client's until
+    // the hook is done and the response is written.
+    const hooks = await Deno.makeTempFile({ suffix: ".ts" });
+    await Deno.writeTextFile(
+      hooks,
+      "export default { onResponse: (res) => new Promise((r) => " +
+        "setTimeout(r, Number(res.headers.get('x-delay')))) };\n",
+    );
+    try {
+      await using hooked = await startTestBalancer({ backends: [{ url: good.url }], hooks });
+      // Ten clients, twenty requests each: new requests keep arriving while others wait.
+      await Promise.all(Array.from({ length: 10 }, async (_, c) => {
+        for (let i = 0; i < 20; i++) {
+          const target = `/hooked/${c}/${i}`;
+          assert.equal(await (await fetch(hooked.url + target)).text(), body(target));
+        }
+      }));
+    } finally {
+      await Deno.remove(hooks);
+    }
+    // About half the requests met the 503 first; its connections went back to the pool (held
+    // ones would need a new connection for every 503).
+    const proxied = failing.proxied();
+    const answered = proxied.reduce((n, c) => n + c.requests.length, 0);
+    assert.ok(answered >= 50, `only ${answered} requests reached the failing backend`);
+    assert.ok(proxied.length <= 40, `${answered} 503s took ${proxied.length} connections`);
+  } finally {
+    await good.close();
+    await failing.close();
+  }
+});
+
 Deno.test("demo backend: sequential requests reuse few upstream connections", async () => {
   const accepted: number[] = [];
   // Count accepted TCP connections in front of the demo backend with a relay.

@@ -56,6 +56,8 @@ export interface H2Reply {
   /** The Content-Length to send, or -1/undefined when unknown. @default -1 */
   length?: number;
   body: Uint8Array | ReadableStream<Uint8Array> | null;
+  /** Called once the body bytes are copied or dropped (see `Reply.release`). */
+  release?: (() => void) | undefined;
   /** A backend connection to tunnel to: HTTP/2 cannot, so it is closed and the client gets 502. */
   tunnel?: { done(toBackend: number, toClient: number, error?: string): void } | undefined;
 }
@@ -153,6 +155,8 @@ export function serveHttp2(conn: Deno.Conn, options: H2Options): H2Session {
       if (reply.body instanceof ReadableStream) reply.body.cancel().catch(() => {});
       options.onError(err);
       return new Response("Bad Gateway\n", { status: 502 });
+    } finally {
+      reply.release?.();
     }
   };
   const server = internals.serveHttpOnConnection(
@@ -264,6 +268,8 @@ export function toResponse(reply: H2Reply, method: string): Response {
   if (method === "HEAD" || NULL_BODY_STATUS.has(reply.status)) {
     if (body instanceof ReadableStream) body.cancel().catch(() => {});
     body = null;
+  } else if (reply.release !== undefined && body instanceof Uint8Array) {
+    body = body.slice(); // hyper sends it later; the view is released when this returns
   }
   return new Response(body as BodyInit | null, { status: reply.status, headers });
 }

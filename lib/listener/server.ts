@@ -862,6 +862,7 @@ class Session {
       return false;
     } finally {
       this.disarm();
+      reply.release?.();
     }
     return keepAlive && (body === undefined || body.done);
   }

@@ -223,9 +223,10 @@ function buildReply(
     body: null,
     trailers: undefined,
     tunnel: undefined,
+    release: undefined,
   };
 
-  const done = (bytes: number) => {
+  const done = (bytes = head.length) => {
     const reusable = head.keepAlive && conn.start === conn.end;
     if (!reusable) pool.discard(conn);
     else if (!pump) pool.release(conn);
@@ -241,10 +242,10 @@ function buildReply(
     return reply;
   }
   if (framing === "length" && conn.end - conn.start >= head.length) {
-    // The whole body arrived with the head: hand it over in one piece.
-    reply.body = conn.buf.slice(conn.start, conn.start + head.length);
+    // The whole body arrived with the head: hand it over in one piece, lent from the buffer.
+    reply.body = conn.buf.subarray(conn.start, conn.start + head.length);
     conn.start += head.length;
-    done(head.length);
+    reply.release = done;
     return reply;
   }
   const body = new FramedBody(conn, framing, head.length);

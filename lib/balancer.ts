@@ -416,8 +416,8 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
         router = new Router(next.routes, next.pools[0]?.name ?? DEFAULT_POOL, router);
         await group!.reload(setupOf(next));
       }
-      if (restartOnly(next) !== restartOnly(previous)) {
-        log.warn("listen address changes take effect after a restart");
+      for (const what of restartOnlyChanges(previous, next)) {
+        log.warn(`${what} changes take effect after a restart`);
       }
       if (JSON.stringify(next.admin) !== JSON.stringify(previous.admin)) {
         log.warn("admin listener changes take effect after a restart");
@@ -519,18 +519,28 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
   return balancer;
 }
 
-/** The listener settings a reload cannot apply (certificates and redirects it can). */
-function restartOnly(config: Config): string {
-  return JSON.stringify(
-    listenersOf(config).map((l) => [
-      l.host,
-      l.port,
-      l.tls !== undefined,
-      l.tls?.minVersion,
-      l.http2,
-      l.proxyProtocol,
-    ]),
-  );
+/**
+ * What changed among the listener settings a reload cannot apply (certificates and redirects
+ * it can), each named as the restart-only warning names it: `listen address` (a listener
+ * added, removed or moved), then `listener tls`, `listener tls.minVersion`, `listener http2`,
+ * `listener proxyProtocol`.
+ */
+function restartOnlyChanges(previous: Config, next: Config): string[] {
+  const before = listenersOf(previous);
+  const after = listenersOf(next);
+  if (
+    before.length !== after.length ||
+    before.some((l, i) => l.host !== after[i].host || l.port !== after[i].port)
+  ) return ["listen address"];
+  const changed = new Set<string>();
+  before.forEach((l, i) => {
+    const n = after[i];
+    if ((l.tls === undefined) !== (n.tls === undefined)) changed.add("listener tls");
+    else if (l.tls?.minVersion !== n.tls?.minVersion) changed.add("listener tls.minVersion");
+    if (l.http2 !== n.http2) changed.add("listener http2");
+    if (l.proxyProtocol !== n.proxyProtocol) changed.add("listener proxyProtocol");
+  });
+  return [...changed];
 }
 
 function runtimesOf(pools: ReadonlyMap<string, PoolControl>): Map<string, PoolRuntime> {

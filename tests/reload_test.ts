@@ -87,6 +87,16 @@ Deno.test("SIGHUP: a listen change needs a restart; everything else applies and 
   await sighupReload(sluice);
   await sluice.stderr.waitFor(/WARN .*listen address changes take effect after a restart/);
   assert.deepEqual(await tally(sluice.url, 3), { b: 3 });
+  // Same address, other settings a listener is opened with: the warning names them.
+  await cfg.write({ ...config([a]), listen: { host: "127.0.0.1", port: 1, http2: true } });
+  await sighupReload(sluice);
+  await sluice.stderr.waitFor(/WARN .*listener http2 changes take effect after a restart/);
+  assert.equal(
+    sluice.stderr.matching(/listen address changes/).length,
+    1,
+    "said once, for the move",
+  );
+  assert.deepEqual(await tally(sluice.url, 3), { a: 3 });
 });
 
 Deno.test("SIGHUP: an invalid config is rejected with every problem logged; the old one keeps serving", async () => {

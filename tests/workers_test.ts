@@ -111,7 +111,9 @@ Deno.test("workers: a worker that crashes is logged and restarted; the others ke
       Array.from({ length: 6 }, () => fresh(`${sluice.url}/hold`)),
     );
     await waitFor(() => backends.reduce((n, b) => n + b.held, 0) === 6, "held", PATIENCE);
-    assert.equal((await fresh(`${sluice.url}/crash`)).status, 200);
+    // The timer may fire before this response is out (a busy machine): then it is lost with
+    // the worker, like the held requests on it.
+    await fresh(`${sluice.url}/crash`).catch(() => {});
     const [crash] = await sluice.stderr.waitFor(/worker \d crashed: .*hook bug/);
     const index = /worker (\d) crashed/.exec(crash)![1];
     await sluice.stderr.waitFor(new RegExp(`worker ${index} restarted`));

@@ -63,9 +63,9 @@ export interface Reply {
   body: Uint8Array | ReadableStream<Uint8Array> | null;
   /**
    * Set when `body` is a view into a backend connection's read buffer (a response that arrived
-   * whole with its head): whoever takes the reply calls it once, when the bytes are written,
-   * copied or dropped. Until then the connection is not reused, so the bytes stay as they are;
-   * copying them out instead would cost an allocation per response.
+   * whole with its head): whoever takes the reply calls it once, when the bytes are copied,
+   * written or dropped. Until then the connection is not reused, so the bytes stay as they are;
+   * copying them out into a new buffer instead would cost an allocation per response.
    */
   release?: (() => void) | undefined;
   /**

@@ -155,8 +155,15 @@ export class Connection {
   /**
    * Writes `text` (a head or a chunk-size line, one byte per character), then `bytes` and
    * `tail`: in one write from a pooled buffer when they fit, as a client sees one packet.
+   * `copied` is called once `bytes` and `tail` are no longer needed, before any wait when they
+   * fit (they are copied into the buffer first), after the writes otherwise, and on failure.
    */
-  async writeJoined(text: string, bytes: Uint8Array = NO_BYTES, tail?: Uint8Array): Promise<void> {
+  async writeJoined(
+    text: string,
+    bytes: Uint8Array = NO_BYTES,
+    tail?: Uint8Array,
+    copied?: () => void,
+  ): Promise<void> {
     const size = text.length + bytes.length + (tail?.length ?? 0);
     if (size <= JOINED_SIZE) {
       // Pooled: allocating a buffer per response costs more than filling one.
@@ -166,6 +173,10 @@ export class Connection {
         if (read === text.length && written === text.length) {
           out.set(bytes, written);
           if (tail) out.set(tail, written + bytes.length);
+          if (copied) {
+            copied();
+            copied = undefined;
+          }
           // The write loop inline rather than through write(): one async frame less per head.
           const joined = out.subarray(0, size);
           let sent = await this.raw.write(joined);
@@ -177,9 +188,13 @@ export class Connection {
         if (spareJoined.length < MAX_SPARE) spareJoined.push(out);
       }
     }
-    await this.write(latin1Bytes(text));
-    if (bytes.length) await this.write(bytes);
-    if (tail) await this.write(tail);
+    try {
+      await this.write(latin1Bytes(text));
+      if (bytes.length) await this.write(bytes);
+      if (tail) await this.write(tail);
+    } finally {
+      copied?.();
+    }
   }
 
   /** Writes `bytes` as one chunk of a chunked body. */

@@ -849,9 +849,12 @@ class Session {
       this.wait("send", this.context.server.timeouts.client);
       if (payload === null || noBody) {
         if (payload instanceof ReadableStream) payload.cancel().catch(() => {});
+        reply.release?.();
         await conn.writeJoined(head);
       } else if (payload instanceof Uint8Array) {
-        await conn.writeJoined(head, payload);
+        // Lent bytes go back as soon as they are copied: a slow client then holds no backend
+        // connection for a response that fits one write.
+        await conn.writeJoined(head, payload, undefined, reply.release);
       } else {
         await conn.writeJoined(head);
         this.disarm();
@@ -862,7 +865,6 @@ class Session {
       return false;
     } finally {
       this.disarm();
-      reply.release?.();
     }
     return keepAlive && (body === undefined || body.done);
   }

@@ -519,6 +519,15 @@ Deno.test("h2: toResponse maps a Reply with length and drops headers named by Co
   );
   assert.equal(head.body, null);
   assert.equal(head.headers.get("content-length"), "10");
+  // Lent bytes (a view into a backend connection's buffer) are released once the Response is
+  // made: the buffer may be overwritten then, and the client must still get the old bytes.
+  const buf = new TextEncoder().encode("xxlentxx");
+  const lent = toResponse(
+    { status: 200, headers: [], length: 4, body: buf.subarray(2, 6), release: () => {} },
+    "GET",
+  );
+  buf.fill(0);
+  assert.equal(await lent.text(), "lent");
 });
 
 Deno.test("h2: clean up the throwaway CA", async () => {

@@ -56,7 +56,7 @@ export interface H2Reply {
   /** The Content-Length to send, or -1/undefined when unknown. @default -1 */
   length?: number;
   body: Uint8Array | ReadableStream<Uint8Array> | null;
-  /** Called once the body bytes are copied or dropped (see `Reply.release`). */
+  /** Called once the body bytes are copied or dropped (see `Reply.release`): when the `Response` is made. */
   release?: (() => void) | undefined;
   /** A backend connection to tunnel to: HTTP/2 cannot, so it is closed and the client gets 502. */
   tunnel?: { done(toBackend: number, toClient: number, error?: string): void } | undefined;
@@ -268,9 +268,9 @@ export function toResponse(reply: H2Reply, method: string): Response {
   if (method === "HEAD" || NULL_BODY_STATUS.has(reply.status)) {
     if (body instanceof ReadableStream) body.cancel().catch(() => {});
     body = null;
-  } else if (reply.release !== undefined && body instanceof Uint8Array) {
-    body = body.slice(); // hyper sends it later; the view is released when this returns
   }
+  // A Uint8Array body is copied by the Response constructor (Fetch: "a copy of the bytes"), so
+  // lent bytes may be released as soon as this returns.
   return new Response(body as BodyInit | null, { status: reply.status, headers });
 }
 

@@ -5,7 +5,8 @@ import { type BodyFraming, ChunkedDecoder, lastChunk, latin1Bytes, ParseError } 
 /**
  * Largest read of body bytes at a time. 128 KiB rather than 64: a 256 MB download took about a
  * fifth less CPU and went 10–15 % faster (fewer reads, writes and chunk allocations per byte);
- * 256 KiB gained nothing more. A streamed body holds one such piece at a time.
+ * 256 KiB gained nothing more. A streamed response holds at most two such pieces: one being
+ * written and the next, read ahead.
  */
 const READ_SIZE = 128 * 1024;
 /** Writes up to this size are joined into one buffer (see `writeJoined`). */

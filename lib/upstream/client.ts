@@ -373,5 +373,7 @@ function bodyStream(
         finish(bytes, CLIENT_CLOSED);
       }
     },
-  }, { highWaterMark: 0 });
+    // One piece read ahead, so the next piece is on its way while the client takes the last: a
+    // 256 MB download took ~15 % less CPU and ran ~10 % faster than without (docs/benchmark.md).
+  }, { highWaterMark: 1 });
 }

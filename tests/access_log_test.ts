@@ -335,3 +335,48 @@ Deno.test("access log: JSON lines escape quotes, backslashes, control and non-AS
     );
   }
 });
+
+Deno.test("access log: JSON durations are milliseconds to the microsecond, and names that change from line to line stay right", () => {
+  const base = {
+    time: 0,
+    ip: "127.0.0.1",
+    method: "GET",
+    target: "/",
+    protocol: "HTTP/1.1",
+    pool: "default",
+    route: "",
+    status: 200,
+    bytes: 0,
+    durationMs: 0,
+    upstreamMs: 0,
+    backend: undefined,
+    answered: false,
+    retries: 0,
+    requestId: "id",
+    error: undefined,
+    request: clientRequest("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+  } as RequestRecord;
+  const durations = [0, 0.0004, 0.0005, 0.001, 0.01, 0.1, 1, 1.5, 2.25, 0.1234, 9.9995, 123456.789];
+  for (let i = 0; i < 2000; i++) durations.push(Math.random() * 10 ** (i % 7));
+  for (const d of durations) {
+    const line = jsonLine({ ...base, durationMs: d, upstreamMs: d / 3 });
+    const text = (field: string) => new RegExp(`"${field}":([^,]+),`).exec(line)![1];
+    // The same text as printing the rounded number, the way a reader of the log expects it.
+    assert.equal(text("duration_ms"), String(Math.round(d * 1000) / 1000), line);
+    assert.equal(text("upstream_ms"), String(Math.round((d / 3) * 1000) / 1000), line);
+  }
+  const names = [
+    ["10.0.0.1", "GET", 'p"ool', "r1", "b:1"],
+    ["::1", "POST", "plain", "", "b:2"],
+    ["10.0.0.1", "GET", 'p"ool', "r1", "b:1"],
+    ["10.0.0.1", "GET", "plain", "r\\", "b:1"],
+  ];
+  for (const [ip, method, pool, route, id] of names) {
+    const backend = { id } as RequestRecord["backend"];
+    const parsed = JSON.parse(jsonLine({ ...base, ip, method, pool, route, backend }));
+    assert.deepEqual(
+      [parsed.client, parsed.method, parsed.pool, parsed.route, parsed.backend],
+      [ip, method, pool, route, id],
+    );
+  }
+});

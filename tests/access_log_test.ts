@@ -25,6 +25,30 @@ function config(backends: string[], extra: Record<string, unknown> = {}) {
   };
 }
 
+/** A finished GET / record with every field set; `fields` overrides some. */
+function record(fields: Partial<RequestRecord> = {}): RequestRecord {
+  return {
+    time: 0,
+    ip: "127.0.0.1",
+    method: "GET",
+    target: "/",
+    protocol: "HTTP/1.1",
+    pool: "default",
+    route: "",
+    status: 200,
+    bytes: 0,
+    durationMs: 0,
+    upstreamMs: 0,
+    backend: undefined,
+    answered: false,
+    retries: 0,
+    requestId: "id",
+    error: undefined,
+    request: clientRequest("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ...fields,
+  };
+}
+
 /** host:port, the backend id the log shows for an unnamed backend. */
 function idOf(url: string): string {
   return new URL(url).host;
@@ -273,62 +297,32 @@ Deno.test({
 
 Deno.test("access log: each line carries its own request's time, in both formats", () => {
   const at = Date.UTC(2026, 10, 25, 13, 55, 36, 120);
-  const record = (time: number) =>
-    ({
-      time,
-      ip: "127.0.0.1",
-      method: "GET",
-      target: "/",
-      protocol: "HTTP/1.1",
-      pool: "default",
-      route: "",
-      status: 200,
-      bytes: 2,
-      durationMs: 1,
-      upstreamMs: 1,
-      backend: undefined,
-      answered: false,
-      retries: 0,
-      requestId: "id",
-      error: undefined,
-      request: clientRequest("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-    }) as RequestRecord;
+  const recordAt = (time: number) => record({ time, bytes: 2, durationMs: 1, upstreamMs: 1 });
   // Formatted times are reused within a millisecond (JSON) or a second (combined): never across.
   for (
     const [time, iso] of [[at, "13:55:36.120"], [at, "13:55:36.120"], [at + 1, "13:55:36.121"]]
   ) {
-    assert.ok(jsonLine(record(time as number)).includes(`T${iso}Z`));
+    assert.ok(jsonLine(recordAt(time as number)).includes(`T${iso}Z`));
   }
   const times = [at, at + 500, at + 879, at + 1000].map((t) =>
-    clfTime(/\[([^\]]+)\]/.exec(combinedLine(record(t)))![1])
+    clfTime(/\[([^\]]+)\]/.exec(combinedLine(recordAt(t)))![1])
   );
   assert.deepEqual(times, [at - 120, at - 120, at - 120, at + 880]);
-  assert.equal(JSON.parse(jsonLine(record(at))).time, "2026-11-25T13:55:36.120Z");
+  assert.equal(JSON.parse(jsonLine(recordAt(at))).time, "2026-11-25T13:55:36.120Z");
 });
 
 Deno.test("access log: JSON lines escape quotes, backslashes, control and non-ASCII characters", () => {
-  const odd = ['/a"b', "/c\\d", "/tab\there", "/caf\u00e9", "/\u0001", "/plain"];
-  for (const target of odd) {
-    const record = {
-      time: 0,
+  const targets = ['/a"b', "/c\\d", "/tab\there", "/caf\u00e9", "/\u0001", "/plain"];
+  for (const target of targets) {
+    const odd = record({
       ip: "::1",
-      method: "GET",
       target,
-      protocol: "HTTP/1.1",
       pool: 'p"ool',
       route: "r\\",
-      status: 200,
-      bytes: 0,
-      durationMs: 0,
-      upstreamMs: 0,
-      backend: undefined,
-      answered: false,
-      retries: 0,
       requestId: "\u2603",
       error: 'say "no"',
-      request: clientRequest("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-    } as RequestRecord;
-    const parsed = JSON.parse(jsonLine(record));
+    });
+    const parsed = JSON.parse(jsonLine(odd));
     assert.deepEqual(
       [parsed.target, parsed.pool, parsed.route, parsed.request_id, parsed.error],
       [target, 'p"ool', "r\\", "\u2603", 'say "no"'],
@@ -337,29 +331,10 @@ Deno.test("access log: JSON lines escape quotes, backslashes, control and non-AS
 });
 
 Deno.test("access log: JSON durations are milliseconds to the microsecond, and names that change from line to line stay right", () => {
-  const base = {
-    time: 0,
-    ip: "127.0.0.1",
-    method: "GET",
-    target: "/",
-    protocol: "HTTP/1.1",
-    pool: "default",
-    route: "",
-    status: 200,
-    bytes: 0,
-    durationMs: 0,
-    upstreamMs: 0,
-    backend: undefined,
-    answered: false,
-    retries: 0,
-    requestId: "id",
-    error: undefined,
-    request: clientRequest("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-  } as RequestRecord;
   const durations = [0, 0.0004, 0.0005, 0.001, 0.01, 0.1, 1, 1.5, 2.25, 0.1234, 9.9995, 123456.789];
   for (let i = 0; i < 2000; i++) durations.push(Math.random() * 10 ** (i % 7));
   for (const d of durations) {
-    const line = jsonLine({ ...base, durationMs: d, upstreamMs: d / 3 });
+    const line = jsonLine(record({ durationMs: d, upstreamMs: d / 3 }));
     const text = (field: string) => new RegExp(`"${field}":([^,]+),`).exec(line)![1];
     // The same text as printing the rounded number, the way a reader of the log expects it.
     assert.equal(text("duration_ms"), String(Math.round(d * 1000) / 1000), line);
@@ -373,7 +348,7 @@ Deno.test("access log: JSON durations are milliseconds to the microsecond, and n
   ];
   for (const [ip, method, pool, route, id] of names) {
     const backend = { id } as RequestRecord["backend"];
-    const parsed = JSON.parse(jsonLine({ ...base, ip, method, pool, route, backend }));
+    const parsed = JSON.parse(jsonLine(record({ ip, method, pool, route, backend })));
     assert.deepEqual(
       [parsed.client, parsed.method, parsed.pool, parsed.route, parsed.backend],
       [ip, method, pool, route, id],

@@ -307,3 +307,83 @@ Deno.test("a 50 MB upload with Content-Length arrives intact", async () => {
     await backend.shutdown();
   }
 });
+
+Deno.test("downloads through main.ts arrive intact while another is held up by its client", async () => {
+  // Body pieces are reused once written: a piece handed out again while a write of it still
+  // waits for a slow client would mix the bytes of one download into another.
+  const produced = new Map<number, number>();
+  const backend = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    const url = new URL(req.url);
+    if (url.pathname !== "/blocks") {
+      await req.body?.cancel();
+      return new Response("ok");
+    }
+    const from = Number(url.searchParams.get("from"));
+    const count = Number(url.searchParams.get("count"));
+    let i = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (i === count) return controller.close();
+        controller.enqueue(block(from + i++, BLOCK));
+        produced.set(from, i * BLOCK);
+      },
+    }, { highWaterMark: 0 });
+    // Without a length Deno.serve sends the body chunked.
+    const headers = url.searchParams.has("chunked")
+      ? undefined
+      : { "content-length": String(count * BLOCK) };
+    return new Response(body, { headers });
+  });
+  /** Reads a download to its end; its length and whether its bytes are the blocks asked for. */
+  const check = async (
+    reader: ReadableStreamDefaultReader<Uint8Array>,
+    from: number,
+    count: number,
+    hash = createHash("sha256"),
+    length = 0,
+  ) => {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      hash.update(value);
+      length += value.length;
+    }
+    const expected = createHash("sha256");
+    for (let i = 0; i < count; i++) expected.update(block(from + i, BLOCK));
+    return { from, length, intact: hash.digest("hex") === expected.digest("hex") };
+  };
+  try {
+    const { lb } = await balancerFor(backend);
+    await using _lb = lb;
+    // One download the client stops reading, until the balancer's write to it waits.
+    const held = await fetch(`${lb.url}/blocks?from=1000&count=${BLOCKS}`);
+    const heldReader = held.body!.getReader();
+    const heldHash = createHash("sha256");
+    let heldLength = 0;
+    while (heldLength < MB) {
+      const { value } = await heldReader.read();
+      heldHash.update(value!);
+      heldLength += value!.length;
+    }
+    await settled(() => produced.get(1000) ?? 0);
+    // Others, with and without Content-Length, run to their end meanwhile.
+    const COUNT = 96; // 6 MiB each
+    const others = await Promise.all([2000, 3000, 4000, 5000].map(async (from) => {
+      const chunked = from % 2000 === 0 ? "&chunked" : "";
+      const res = await fetch(`${lb.url}/blocks?from=${from}&count=${COUNT}${chunked}`);
+      assert.equal(res.status, 200);
+      return check(res.body!.getReader(), from, COUNT);
+    }));
+    const results = [...others, await check(heldReader, 1000, BLOCKS, heldHash, heldLength)];
+    assert.deepEqual(
+      results,
+      results.map(({ from }) => ({
+        from,
+        length: (from === 1000 ? BLOCKS : COUNT) * BLOCK,
+        intact: true,
+      })),
+    );
+  } finally {
+    await backend.shutdown();
+  }
+});

@@ -9,6 +9,14 @@ import { type BodyFraming, ChunkedDecoder, lastChunk, latin1Bytes, ParseError } 
  * written and the next, read ahead.
  */
 const READ_SIZE = 128 * 1024;
+/**
+ * Whole pieces given back once written (see {@linkcode recyclePiece}). Without them every piece is
+ * a new 128 KiB buffer: zeroed, and counted by V8 as external memory, whose growth forces a
+ * collection every few dozen megabytes of a download.
+ */
+const freePieces: Uint8Array[] = [];
+/** At most 2 MiB kept: two pieces per download under way (one written, one read ahead). */
+const MAX_FREE_PIECES = 16;
 /** Writes up to this size are joined into one buffer (see `writeJoined`). */
 const JOINED_SIZE = 32 * 1024;
 const MAX_SPARE = 64;
@@ -128,12 +136,6 @@ export class Connection {
     return pending;
   }
 
-  /** Reads directly into `target` when no buffered bytes remain (body fast path). */
-  async readInto(target: Uint8Array): Promise<number | null> {
-    if (this.#pending) return await this.fill();
-    return await this.raw.read(target);
-  }
-
   /** A head with bare LF line endings never contains CRLFCRLF: refuse it instead of waiting. */
   rejectBareLf(from: number, what: "request" | "response"): void {
     const buf = this.buf;
@@ -144,16 +146,25 @@ export class Connection {
     }
   }
 
-  /** Up to `max` bytes: buffered ones first, otherwise straight from the socket. Null at EOF. */
+  /**
+   * Up to `max` bytes: buffered ones first, otherwise straight from the socket into a piece of
+   * their own (a recycled one when `max` asks for a whole piece). Null at EOF.
+   */
   async take(max: number): Promise<Uint8Array | null> {
+    // A parked connection's read is already under way, into the buffer: wait for it there.
+    if (this.start === this.end && this.#pending !== undefined && (await this.fill()) === null) {
+      return null;
+    }
     if (this.start < this.end) {
       const n = Math.min(max, this.end - this.start);
       const chunk = this.buf.slice(this.start, this.start + n);
       this.start += n;
       return chunk;
     }
-    const chunk = new Uint8Array(Math.min(max, READ_SIZE));
-    const n = await this.readInto(chunk);
+    const chunk = max >= READ_SIZE
+      ? freePieces.pop() ?? new Uint8Array(READ_SIZE)
+      : new Uint8Array(max);
+    const n = await this.raw.read(chunk);
     return n === null ? null : chunk.subarray(0, n);
   }
 
@@ -251,6 +262,35 @@ export class Connection {
       // already closed by the peer
     }
   }
+}
+
+/** Streams of pieces straight from {@linkcode Connection.take}, which nothing else has seen. */
+const pieceStreams = new WeakSet<ReadableStream<Uint8Array>>();
+
+/** Marks `stream` as yielding pieces from `take` that no one else holds: see {@linkcode recyclePiece}. */
+export function markPieceStream(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  pieceStreams.add(stream);
+  return stream;
+}
+
+/**
+ * Whether `stream` is one marked by {@linkcode markPieceStream}: its reader may recycle each piece
+ * once written. A stream a hook made, or a branch of a tee, is not: its pieces may be kept.
+ */
+export function isPieceStream(stream: ReadableStream<Uint8Array>): boolean {
+  return pieceStreams.has(stream);
+}
+
+/**
+ * Gives back a piece from {@linkcode Connection.take} once its bytes are written and nothing else
+ * holds it, so the next body read reuses its memory. Anything but a whole piece is left to the GC.
+ */
+export function recyclePiece(piece: Uint8Array): void {
+  const buffer = piece.buffer;
+  if (
+    buffer.byteLength === READ_SIZE && buffer instanceof ArrayBuffer &&
+    freePieces.length < MAX_FREE_PIECES
+  ) freePieces.push(new Uint8Array(buffer));
 }
 
 /** Thrown when a connection ends before the body it carries does; `where` says how far it got. */

@@ -13,6 +13,8 @@ import {
   Connection,
   FramedBody,
   HeadTooLarge,
+  isPieceStream,
+  recyclePiece,
 } from "../http1/connection.ts";
 import { Deadline } from "../http1/deadlines.ts";
 import { closeQuietly } from "../http1/io.ts";
@@ -877,6 +879,8 @@ class Session {
   ): Promise<boolean> {
     const reader = stream.getReader();
     const conn = this.conn;
+    // Pieces straight from a backend connection, seen by no hook: each goes back once written.
+    const recycle = isPieceStream(stream);
     for (;;) {
       let chunk: Uint8Array | undefined;
       try {
@@ -893,6 +897,7 @@ class Session {
       try {
         if (!chunked) await conn.write(chunk);
         else await conn.writeChunk(chunk);
+        if (recycle) recyclePiece(chunk);
       } catch (err) {
         reader.cancel().catch(() => {});
         throw err;

@@ -247,23 +247,6 @@ export function toH2Request(
  * names) dropped, Content-Length from `length` kept, no body for HEAD/204/304.
  */
 export function toResponse(reply: H2Reply, method: string): Response {
-  const headers = new Headers();
-  let named: Set<string> | undefined;
-  for (const [name, value] of reply.headers) {
-    const key = name.toLowerCase();
-    if (key === "connection") {
-      for (const token of value.split(",")) {
-        (named ??= new Set()).add(token.trim().toLowerCase());
-      }
-    }
-  }
-  for (const [name, value] of reply.headers) {
-    const key = name.toLowerCase();
-    if (CONNECTION_SPECIFIC.has(key) || named?.has(key)) continue;
-    headers.append(key, value);
-  }
-  const length = reply.length ?? -1;
-  if (length >= 0 && !headers.has("content-length")) headers.set("content-length", String(length));
   let body = reply.body;
   if (method === "HEAD" || NULL_BODY_STATUS.has(reply.status)) {
     if (body instanceof ReadableStream) body.cancel().catch(() => {});
@@ -271,7 +254,30 @@ export function toResponse(reply: H2Reply, method: string): Response {
   }
   // A Uint8Array body is copied by the Response constructor (Fetch: "a copy of the bytes"), so
   // lent bytes may be released as soon as this returns.
-  return new Response(body as BodyInit | null, { status: reply.status, headers });
+  const response = new Response(body as BodyInit | null, { status: reply.status });
+  // Appended to the Response's own headers: a Headers object given to the constructor is read
+  // back through its iterator (sorted and combined) and every field validated a second time.
+  const headers = response.headers;
+  const fields = reply.headers;
+  let named: Set<string> | undefined;
+  for (let i = 0; i < fields.length; i++) {
+    const name = fields[i][0];
+    if (name.length === 10 && name.toLowerCase() === "connection") {
+      for (const token of fields[i][1].split(",")) {
+        (named ??= new Set()).add(token.trim().toLowerCase());
+      }
+    }
+  }
+  let hasLength = false;
+  for (let i = 0; i < fields.length; i++) {
+    const key = fields[i][0].toLowerCase();
+    if (CONNECTION_SPECIFIC.has(key) || named?.has(key)) continue;
+    if (key === "content-length") hasLength = true;
+    headers.append(key, fields[i][1]);
+  }
+  const length = reply.length ?? -1;
+  if (length >= 0 && !hasLength) headers.set("content-length", String(length));
+  return response;
 }
 
 /**

@@ -7,7 +7,7 @@
 import { basename, dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import denoJson from "./deno.json" with { type: "json" };
-import { startAdmin } from "./lib/admin/server.ts";
+import { checkAdminAddress, startAdmin } from "./lib/admin/server.ts";
 import { type Balancer, startBalancer } from "./lib/balancer.ts";
 import {
   type Config,
@@ -142,6 +142,13 @@ export async function main(args: string[]): Promise<number> {
   const hangup = () => onHangup();
   Deno.addSignalListener("SIGHUP", hangup);
   let balancer: Balancer;
+  try {
+    if (config.admin) checkAdminAddress(config.admin);
+  } catch (err) {
+    Deno.removeSignalListener("SIGHUP", hangup);
+    log.error(`cannot start the admin listener: ${(err as Error).message}`);
+    return 1;
+  }
   try {
     balancer = await startBalancer(config, log);
   } catch (err) {

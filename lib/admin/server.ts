@@ -37,6 +37,21 @@ const ASSET_HEADERS = {
 const WRITE_DISABLED =
   "writes are disabled: set admin.token in the configuration to change backends through the admin API";
 
+/**
+ * Throws (as {@linkcode startAdmin} would) when the admin address cannot be listened on now: a
+ * port in use then stops sluice before any traffic port opens. The listener itself needs the
+ * balancer, so it opens after them.
+ */
+export function checkAdminAddress(options: AdminOptions): void {
+  const { host, port } = options;
+  if (port === 0) return;
+  try {
+    Deno.listen({ hostname: host, port }).close();
+  } catch (err) {
+    throw listenError(err, { host, port });
+  }
+}
+
 /** Starts the admin listener for `balancer`; refuses a non-loopback address without a token. */
 export async function startAdmin(balancer: Balancer, options: AdminOptions): Promise<AdminServer> {
   const { host, port, token } = options;

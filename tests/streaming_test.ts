@@ -179,6 +179,22 @@ async function balancerFor(backend: Deno.HttpServer<Deno.NetAddr>) {
 
 const mb = (n: number) => `${(n / MB).toFixed(1)} MB`;
 
+/** Reads `reader` into `hash` until `until` bytes in all (`length` of them already) or its end. */
+async function readHashed(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  hash: ReturnType<typeof createHash>,
+  length = 0,
+  until = Infinity,
+): Promise<number> {
+  while (length < until) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    hash.update(value);
+    length += value.length;
+  }
+  return length;
+}
+
 Deno.test("a 50 MB download through main.ts streams: a paused client holds the backend back", async () => {
   let produced = 0;
   const backend = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
@@ -204,24 +220,14 @@ Deno.test("a 50 MB download through main.ts streams: a paused client holds the b
     assert.equal(res.headers.get("content-length"), String(BLOCKS * BLOCK));
     const reader = res.body!.getReader();
     const hash = createHash("sha256");
-    let length = 0;
-    while (length < MB) {
-      const { value } = await reader.read();
-      hash.update(value!);
-      length += value!.length;
-    }
+    let length = await readHashed(reader, hash, 0, MB);
     // The client stops reading: a streaming balancer stops reading from the backend too.
     const ahead = await settled(() => produced);
     const grown = (await rss(lb.pid)) - baseline;
     assert.ok(ahead < AHEAD_LIMIT, `the backend got ${mb(ahead)} ahead of a paused client`);
     assert.ok(grown < RSS_LIMIT, `RSS grew by ${mb(grown)} while holding a paused download`);
 
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      hash.update(value);
-      length += value.length;
-    }
+    length = await readHashed(reader, hash, length);
     assert.deepEqual({ length, sha256: hash.digest("hex") }, blocksDigest(BLOCKS, BLOCK));
   } finally {
     await backend.shutdown();
@@ -342,12 +348,7 @@ Deno.test("downloads through main.ts arrive intact while another is held up by i
     hash = createHash("sha256"),
     length = 0,
   ) => {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      hash.update(value);
-      length += value.length;
-    }
+    length = await readHashed(reader, hash, length);
     const expected = createHash("sha256");
     for (let i = 0; i < count; i++) expected.update(block(from + i, BLOCK));
     return { from, length, intact: hash.digest("hex") === expected.digest("hex") };
@@ -359,12 +360,7 @@ Deno.test("downloads through main.ts arrive intact while another is held up by i
     const held = await fetch(`${lb.url}/blocks?from=1000&count=${BLOCKS}`);
     const heldReader = held.body!.getReader();
     const heldHash = createHash("sha256");
-    let heldLength = 0;
-    while (heldLength < MB) {
-      const { value } = await heldReader.read();
-      heldHash.update(value!);
-      heldLength += value!.length;
-    }
+    const heldLength = await readHashed(heldReader, heldHash, 0, MB);
     await settled(() => produced.get(1000) ?? 0);
     // Others, with and without Content-Length, run to their end meanwhile.
     const COUNT = 96; // 6 MiB each

@@ -151,10 +151,8 @@ export class Connection {
    * their own (a recycled one when `max` asks for a whole piece). Null at EOF.
    */
   async take(max: number): Promise<Uint8Array | null> {
-    // A parked connection's read is already under way, into the buffer: wait for it there.
-    if (this.start === this.end && this.#pending !== undefined && (await this.fill()) === null) {
-      return null;
-    }
+    // Never called while parked: a body is read after its head, and reading the head took over
+    // the parked connection's pending read (`receive`).
     if (this.start < this.end) {
       const n = Math.min(max, this.end - this.start);
       const chunk = this.buf.slice(this.start, this.start + n);

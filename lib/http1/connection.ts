@@ -1,5 +1,6 @@
 /** One HTTP/1.1 connection (a client's, or ours to a backend) with its read buffer and deadline. */
 import { Deadline } from "./deadlines.ts";
+import { directRid, readDirect, writeDirect } from "./direct_io.ts";
 import { type BodyFraming, ChunkedDecoder, lastChunk, latin1Bytes, ParseError } from "./wire.ts";
 
 /**
@@ -64,7 +65,9 @@ export class Connection {
   origin: string | undefined = undefined;
   /** How far the read buffer may grow for one head; {@linkcode HeadTooLarge} past that. */
   maxHead = MAX_HEAD;
-  #pending: Promise<number | null> | undefined;
+  #pending: Promise<number> | undefined;
+  /** `raw`'s resource id for reads and writes through the runtime's ops, or -1 (`direct_io.ts`). */
+  readonly #rid: number;
   /** The deadline of what the connection waits for now; the owner says what firing does. */
   readonly deadline: Deadline<Connection>;
 
@@ -83,24 +86,39 @@ export class Connection {
     readonly bufferSize: number,
     idleSize = 0,
   ) {
+    this.#rid = directRid(raw);
     if (idleSize > 0) this.buf = this.#idleBuf = new Uint8Array(idleSize);
     else this.buf = new Uint8Array(bufferSize);
     // A shared function and its subject: no closure per connection.
     this.deadline = new Deadline<Connection>(onTimeout, this);
   }
 
+  /** Reads into `buf` (never empty): the byte count, 0 at EOF. */
+  #read(buf: Uint8Array): Promise<number> {
+    const rid = this.#rid;
+    return rid >= 0 ? readDirect(rid, buf) : this.raw.read(buf).then(orZero);
+  }
+
+  /** Writes from `buf`: how many bytes were taken. */
+  #write(buf: Uint8Array): Promise<number> {
+    const rid = this.#rid;
+    return rid >= 0 ? writeDirect(rid, buf) : this.raw.write(buf);
+  }
+
   /** Reads more bytes after `end`, growing the buffer up to `maxHead` if full. Null at EOF. */
   async fill(): Promise<number | null> {
     const n = await this.receive();
-    if (n !== null) this.end += n;
+    if (n === 0) return null;
+    this.end += n;
     return n;
   }
 
   /**
    * The read behind {@linkcode fill} without its async wrapper, for the response-head hot
    * path: makes room, starts the read, and leaves adding the count to `end` to the caller.
+   * Resolves with the count, 0 at EOF.
    */
-  receive(): Promise<number | null> {
+  receive(): Promise<number> {
     if (this.start === this.end) {
       this.start = this.end = 0;
       const idle = this.#idleBuf;
@@ -130,7 +148,7 @@ export class Connection {
     const pending = this.#pending;
     if (pending === undefined) {
       // The whole buffer when it is empty: no view object kept alive by an idle read.
-      return this.raw.read(this.end === 0 ? this.buf : this.buf.subarray(this.end));
+      return this.#read(this.end === 0 ? this.buf : this.buf.subarray(this.end));
     }
     this.#pending = undefined;
     return pending;
@@ -162,8 +180,8 @@ export class Connection {
     const chunk = max >= READ_SIZE
       ? freePieces.pop() ?? new Uint8Array(READ_SIZE)
       : new Uint8Array(max);
-    const n = await this.raw.read(chunk);
-    return n === null ? null : chunk.subarray(0, n);
+    const n = await this.#read(chunk);
+    return n === 0 ? null : chunk.subarray(0, n);
   }
 
   /**
@@ -193,8 +211,8 @@ export class Connection {
           }
           // The write loop inline rather than through write(): one async frame less per head.
           const joined = out.subarray(0, size);
-          let sent = await this.raw.write(joined);
-          while (sent < size) sent += await this.raw.write(joined.subarray(sent));
+          let sent = await this.#write(joined);
+          while (sent < size) sent += await this.#write(joined.subarray(sent));
           return;
         }
         // Not ASCII: the separate writes below encode one byte per character.
@@ -225,7 +243,7 @@ export class Connection {
   /** Writes all of `bytes`. */
   async write(bytes: Uint8Array): Promise<void> {
     let written = 0;
-    while (written < bytes.length) written += await this.raw.write(bytes.subarray(written));
+    while (written < bytes.length) written += await this.#write(bytes.subarray(written));
   }
 
   /**
@@ -238,7 +256,7 @@ export class Connection {
     this.idle = true;
     this.idleSince = Date.now();
     this.#onDead = onDead;
-    const pending = this.raw.read(this.buf);
+    const pending = this.#read(this.buf);
     this.#pending = pending;
     // Made here, not as a field: client connections never park.
     const settled = () => {
@@ -297,6 +315,10 @@ export class BodyCutShort extends Error {
     super(`connection closed ${where}`);
     this.name = "BodyCutShort";
   }
+}
+
+function orZero(n: number | null): number {
+  return n ?? 0;
 }
 
 /** One message body on a connection, read piece by piece as its framing says (both sides use it). */

@@ -8,6 +8,7 @@
  * are hyper's. `node:http2` is avoided on purpose: it crashed under light load in Deno 2.9.
  */
 
+import { DENO_INTERNALS } from "../http1/direct_io.ts";
 import { closeQuietly, pump, writeAll } from "../http1/io.ts";
 
 /** The HTTP/2 connection preface a client sends first (RFC 9113 §3.4). */
@@ -98,10 +99,7 @@ interface ServeInternals {
   ): { finished: Promise<void>; shutdown(): Promise<void> };
 }
 
-const internals = (Deno as unknown as Record<symbol, ServeInternals>)[
-  Object.getOwnPropertySymbols(Deno).find((s) => s.description === "Deno.internal") ??
-    Object.getOwnPropertySymbols(Deno)[0]
-];
+const internals = DENO_INTERNALS as ServeInternals | undefined;
 
 /** True when this Deno has the per-connection hyper server this module needs. */
 export const HTTP2_AVAILABLE: boolean = typeof internals?.serveHttpOnConnection === "function";
@@ -159,7 +157,7 @@ export function serveHttp2(conn: Deno.Conn, options: H2Options): H2Session {
       reply.release?.();
     }
   };
-  const server = internals.serveHttpOnConnection(
+  const server = internals!.serveHttpOnConnection(
     conn,
     abort.signal,
     handle,

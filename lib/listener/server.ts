@@ -569,13 +569,13 @@ class Session {
           // Idle: wait here rather than in #readHead, one suspended async frame less per idle
           // connection.
           this.wait("idle", this.context.server.timeouts.idle);
-          let got: number | null;
+          let got: number;
           try {
             got = await conn.receive();
           } catch {
             return; // reset, or closed by the idle timeout
           }
-          if (got === null || this.context.draining) return;
+          if (got === 0 || this.context.draining) return;
           conn.end += got;
           // No longer idle: a head arrives (#readHead times the rest) or is here already.
           this.disarm();
@@ -734,7 +734,7 @@ class Session {
       }
       scanned = Math.max(conn.start, conn.end - 3);
       const before = conn.start;
-      let got: number | null;
+      let got: number;
       try {
         got = await conn.receive();
       } catch (err) {
@@ -744,7 +744,7 @@ class Session {
         await this.#fail(why.status, why.message);
         return undefined;
       }
-      if (got === null) return undefined;
+      if (got === 0) return undefined;
       conn.end += got;
       scanned += conn.start - before;
     }

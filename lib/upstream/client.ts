@@ -94,7 +94,7 @@ export async function exchange(
           scanned = Math.max(conn.start, conn.end - 3);
           const before = conn.start;
           const got = await conn.receive();
-          if (got === null) {
+          if (got === 0) {
             throw new ClosedEarly(
               conn.end > conn.start
                 ? "connection closed inside the response head"

@@ -37,6 +37,8 @@ interface Series {
   duration: { observe(value: number): void };
   upstream: { observe(value: number): void };
   requests: Map<number, { value: number }>;
+  /** The backend's response counts, found once (the map is keyed by a joined string). */
+  responses: ResponseCounts | undefined;
 }
 
 /** Metric families and the observer that feeds them. */
@@ -276,6 +278,7 @@ export class Stats implements ProxyObserver {
         duration: this.duration.series([r.pool, r.route, backend]),
         upstream: this.upstreamDuration.series([r.pool, backend]),
         requests: new Map(),
+        responses: undefined,
       };
       byRoute.set(r.route, series);
     }
@@ -299,7 +302,8 @@ export class Stats implements ProxyObserver {
     series.duration.observe(r.durationMs / 1000);
     if (b && r.answered) {
       series.upstream.observe(r.upstreamMs / 1000);
-      this.#responses(r.pool, b.id)[r.error ? 0 : Math.floor(r.status / 100)]++;
+      series.responses ??= this.#responses(r.pool, b.id);
+      series.responses[r.error ? 0 : Math.floor(r.status / 100)]++;
     }
   }
 

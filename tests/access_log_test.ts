@@ -3,6 +3,7 @@
  * lines it writes to stdout or a file are checked field by field.
  */
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import { combinedLine, jsonLine } from "../lib/access_log.ts";
 import type { RequestRecord } from "../lib/proxy.ts";
 import { clientRequest, fileLines } from "./helpers.ts";
@@ -354,4 +355,53 @@ Deno.test("access log: JSON durations are milliseconds to the microsecond, and n
       [ip, method, pool, route, id],
     );
   }
+});
+
+Deno.test("access log: every JSON line shows its own record's fields, whatever the lines before it", () => {
+  // Runs of a line are kept from the line before when their fields repeat: any change in any of
+  // them, in any order, must show in the next line.
+  const backend = (id: string | undefined) =>
+    id === undefined ? undefined : { id } as RequestRecord["backend"];
+  const fields = fc.record({
+    time: fc.constantFrom(0, 1, 1000, Date.UTC(2026, 11, 1)),
+    ip: fc.constantFrom("127.0.0.1", "::1", "10.0.0.2"),
+    method: fc.constantFrom("GET", "POST", 'M"X'),
+    target: fc.constantFrom("/", "/a?b=c", '/q"'),
+    protocol: fc.constantFrom("HTTP/1.1", "HTTP/1.0", "HTTP/2"),
+    status: fc.constantFrom(200, 404, 502),
+    bytes: fc.constantFrom(0, 13, 1234567),
+    pool: fc.constantFrom("default", "api", 'p"'),
+    route: fc.constantFrom("", "r1", "r\\"),
+    backend: fc.constantFrom(undefined, "127.0.0.1:8081", "b:2"),
+    retries: fc.constantFrom(0, 1, 2),
+    requestId: fc.constantFrom("id-1", "id-2"),
+    error: fc.constantFrom(undefined, "upstream timed out"),
+    durationMs: fc.constantFrom(0, 0.25, 12.5),
+    upstreamMs: fc.constantFrom(0, 0.125, 3),
+  });
+  fc.assert(
+    fc.property(fc.array(fields, { minLength: 1, maxLength: 12 }), (list) => {
+      for (const f of list) {
+        const parsed = JSON.parse(jsonLine(record({ ...f, backend: backend(f.backend) })));
+        assert.deepEqual(parsed, {
+          time: new Date(f.time).toISOString(),
+          client: f.ip,
+          method: f.method,
+          target: f.target,
+          protocol: f.protocol,
+          status: f.status,
+          bytes: f.bytes,
+          pool: f.pool,
+          route: f.route,
+          duration_ms: f.durationMs,
+          upstream_ms: f.upstreamMs,
+          backend: f.backend ?? null,
+          retries: f.retries,
+          request_id: f.requestId,
+          ...(f.error ? { error: f.error } : {}),
+        });
+      }
+    }),
+    { numRuns: 300 },
+  );
 });

@@ -1,7 +1,7 @@
 /** Reads and writes through the runtime's ops (lib/http1/direct_io.ts), and the public fallback. */
 import assert from "node:assert/strict";
 import { Connection, FramedBody } from "../lib/http1/connection.ts";
-import { DIRECT_IO, directRid } from "../lib/http1/direct_io.ts";
+import { decodeAscii, DIRECT_DECODE, DIRECT_IO, directRid } from "../lib/http1/direct_io.ts";
 
 /** A connected pair on 127.0.0.1: ours and the peer's end. */
 async function pair(): Promise<{ ours: Deno.TcpConn; peer: Deno.TcpConn; close(): void }> {
@@ -95,3 +95,13 @@ for (const [mode, wrap] of [["ops", (c: Deno.Conn) => c], ["public methods", sta
     }
   });
 }
+
+Deno.test("ASCII heads are decoded through the runtime's decode, as a TextDecoder would", () => {
+  // Like the ops above: an upgrade that drops it fails here instead of slowing every head.
+  assert.equal(DIRECT_DECODE, true);
+  const bytes = new TextEncoder().encode("xxHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nyy");
+  const decoder = new TextDecoder();
+  for (const view of [bytes, bytes.subarray(2, bytes.length - 2), bytes.subarray(5, 5)]) {
+    assert.equal(decodeAscii(view), decoder.decode(view));
+  }
+});

@@ -258,14 +258,16 @@ export class Connection {
     this.#onDead = onDead;
     const pending = this.#read(this.buf);
     this.#pending = pending;
-    // Made here, not as a field: client connections never park.
-    const settled = () => {
+    // Made on the first park, then kept: client connections never park, backend ones park
+    // after every response.
+    const settled = this.#settled ??= () => {
       if (this.idle) this.#onDead?.(this);
     };
     pending.then(settled, settled);
   }
 
   #onDead: ((conn: Connection) => void) | undefined;
+  #settled: (() => void) | undefined;
 
   /** Closes the socket; safe to call twice. */
   close(): void {

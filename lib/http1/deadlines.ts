@@ -14,6 +14,8 @@ export class Deadline<T = unknown> {
   at = 0;
   /** True once it fired, until armed again. */
   expired = false;
+  /** In the ticker's set: a deadline re-armed before the next tick is not added again. */
+  listed = false;
 
   /** `onExpire(subject)` runs when it fires: one shared function, no closure per deadline. */
   constructor(readonly onExpire: (subject: T) => void, readonly subject: T) {}
@@ -24,7 +26,10 @@ export class Deadline<T = unknown> {
     // it spares a call into the runtime for each of the several deadlines a request arms.
     this.at = (ticker === undefined ? (clock = performance.now()) : clock) + ms;
     this.expired = false;
-    armed.add(this);
+    if (!this.listed) {
+      this.listed = true;
+      armed.add(this);
+    }
     if (ticker === undefined) {
       ticker = setInterval(tick, TICK);
       Deno.unrefTimer(ticker as unknown as number);
@@ -44,9 +49,13 @@ function tick(): void {
   for (const d of armed) {
     if (d.at <= now) {
       armed.delete(d);
+      d.listed = false;
       d.expired = true;
       d.onExpire(d.subject);
-    } else if (d.at === Infinity) armed.delete(d);
+    } else if (d.at === Infinity) {
+      armed.delete(d);
+      d.listed = false;
+    }
   }
   if (armed.size === 0) {
     clearInterval(ticker);

@@ -45,10 +45,28 @@ export class Available {
   }
 }
 
-/** Yields `list` starting at `first`, wrapping around, each backend once. */
-export function* rotation(list: readonly Backend[], first: number): Generator<Backend> {
-  const n = list.length;
-  for (let i = 0; i < n; i++) yield list[(first + i) % n];
+/**
+ * Yields `list` starting at `first`, wrapping around, each backend once. An iterator object
+ * rather than a generator: round robin makes one per request, and resuming a generator costs
+ * more than a method call.
+ */
+export function rotation(list: readonly Backend[], first: number): IterableIterator<Backend> {
+  return new Rotation(list, first);
+}
+
+class Rotation implements IterableIterator<Backend> {
+  #step = 0;
+  constructor(readonly list: readonly Backend[], readonly first: number) {}
+
+  next(): IteratorResult<Backend> {
+    const n = this.list.length;
+    if (this.#step === n) return { done: true, value: undefined };
+    return { done: false, value: this.list[(this.first + this.#step++) % n] };
+  }
+
+  [Symbol.iterator](): IterableIterator<Backend> {
+    return this;
+  }
 }
 
 /** Yields `first`, then the rest of `list` in the given order, skipping `first`. */

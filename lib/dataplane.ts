@@ -27,6 +27,13 @@ import { httpDate } from "./http1/wire.ts";
 import { RequestBody } from "./upstream/request_body.ts";
 import { MATCH_NONE } from "./cidr.ts";
 
+/**
+ * The globals read per request, looked up once: `crypto` is an accessor on the global object,
+ * and `crypto.randomUUID()` cost a third more through it.
+ */
+const clock = performance;
+const random = crypto;
+
 /** What the request path routes by; replaced whole on reload. */
 export interface Table {
   readonly router: Router;
@@ -67,7 +74,7 @@ export class DataPlane {
   handle = (req: ClientRequest): Reply | Promise<Reply> => {
     const table = this.table;
     const time = Date.now();
-    const started = performance.now();
+    const started = clock.now();
     const ip = table.trusted === MATCH_NONE ? req.ip : clientAddress(req, table.trusted);
     const record: RequestRecord = {
       time,
@@ -259,7 +266,7 @@ export class DataPlane {
       table.trusted,
     );
     if (!record.requestId) {
-      record.requestId = forward.requestId ?? crypto.randomUUID();
+      record.requestId = forward.requestId ?? random.randomUUID();
       if (forward.requestId === undefined) {
         forward.text += "x-request-id: " + record.requestId + "\r\n";
       }
@@ -310,7 +317,7 @@ export class DataPlane {
   }
 
   #complete = (record: RequestRecord, started: number): void => {
-    record.durationMs = performance.now() - started;
+    record.durationMs = clock.now() - started;
     for (const o of this.parts.observers()) o.request(record);
   };
 }
@@ -318,7 +325,7 @@ export class DataPlane {
 /** The client's non-empty X-Request-Id, or a new one. */
 function requestIdOf(req: ClientRequest): string {
   const given = req.header("x-request-id");
-  return given ? given.split(",")[0].trim() || crypto.randomUUID() : crypto.randomUUID();
+  return given ? given.split(",")[0].trim() || random.randomUUID() : random.randomUUID();
 }
 
 function redirect(req: ClientRequest, to: string, status: number): Reply {

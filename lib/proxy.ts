@@ -16,6 +16,9 @@ import { IDEMPOTENT_METHODS } from "./http1/wire.ts";
 import { UpstreamError } from "./upstream/errors.ts";
 import type { RequestBody } from "./upstream/request_body.ts";
 
+/** `performance`, looked up once (a global read per request otherwise). */
+const clock = performance;
+
 /** A pool's settings the proxy reads per request; a reload swaps the whole object. */
 export interface PoolSettings {
   selector: Selector;
@@ -88,7 +91,7 @@ export interface Outbound {
   readonly body: RequestBody | null;
   readonly select: SelectContext;
   readonly record: RequestRecord;
-  /** performance.now() when the request arrived. */
+  /** `performance.now()` when the request arrived. */
   readonly started: number;
 }
 
@@ -173,8 +176,8 @@ export class Forwarder {
         const next = candidates.next();
         if (next.done) {
           if (attempts === 0 && sawFull) {
-            queueDeadline ||= performance.now() + queue.timeout;
-            if (await queue.wait(queueDeadline - performance.now())) {
+            queueDeadline ||= clock.now() + queue.timeout;
+            if (await queue.wait(queueDeadline - clock.now())) {
               sawFull = false;
               candidates = settings.selector.candidates(out.select)[Symbol.iterator]();
               continue;
@@ -208,7 +211,7 @@ export class Forwarder {
         }
         attempts++;
         const attempt = new Attempt(backend, queue, out, this.#settle);
-        const attemptStart = attempts === 1 ? out.started : performance.now();
+        const attemptStart = attempts === 1 ? out.started : clock.now();
         try {
           const reply = await exchange(backend.connections, {
             method,
@@ -223,7 +226,7 @@ export class Forwarder {
             source: backend.config.proxyProtocol ? proxySource(out.select.request) : undefined,
             upgrade: out.select.request.upgrade,
           }, attempt.finish);
-          const upstreamMs = performance.now() - attemptStart;
+          const upstreamMs = clock.now() - attemptStart;
           backend.observeLatency(
             upstreamMs,
             record.time + (attemptStart - out.started) + upstreamMs,

@@ -313,3 +313,19 @@ Deno.test("only SP and HTAB are trimmed from values: U+00A0 is obs-text, kept or
   refuses(post + "Transfer-Encoding: chunked\xa0\r\n", 400, /does not end in chunked/);
   assert.equal(parse(post + "Connection: close\xa0\r\n").close, false);
 });
+
+Deno.test("a Host found valid before lets no other through unchecked, and lengths parse alike either way", () => {
+  // The parser remembers the latest valid Host: an equal one is not checked again.
+  for (const bad of ["", "user@h", "h h", "[::1"]) {
+    assert.equal(parse("GET / HTTP/1.1\r\nHost: lb.test:8080\r\n").host, "lb.test:8080");
+    refuses(`GET / HTTP/1.1\r\nHost: ${bad}\r\n`, 400, /invalid Host/);
+  }
+  assert.equal(parse("GET / HTTP/1.1\r\nHost: localhost\r\n").host, "localhost");
+  // One plain number takes a shorter path than a list: both give the same answers.
+  const post = "POST / HTTP/1.1\r\nHost: h\r\n";
+  assert.equal(parse(post + "Content-Length: 000000000000005\r\n").length, 5);
+  assert.equal(parse(post + "Content-Length: 5, 5\r\n").length, 5);
+  assert.equal(parse(post + "Content-Length: 5\r\nContent-Length: 5\r\n").length, 5);
+  refuses(post + "Content-Length: 1234567890123456\r\n", 400, /invalid content-length/);
+  refuses(post + "Content-Length: 5\r\nContent-Length: 50\r\n", 400, /conflicting/);
+});

@@ -123,6 +123,20 @@ export function isToken(text: string, from = 0, to: number = text.length): boole
   return true;
 }
 
+/**
+ * Whether field name `name` is `lower` (a lowercase name) in any case, without making a new
+ * string as `toLowerCase` would: run per response field.
+ */
+export function isField(name: string, lower: string): boolean {
+  if (name.length !== lower.length) return false;
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    const l = lower.charCodeAt(i);
+    if (c !== l && (c < 65 || c > 90 || c + 32 !== l)) return false;
+  }
+  return true;
+}
+
 /** Parses one Content-Length value (a list of equal numbers is one number); `current` is an earlier one, -1 if none. */
 export function parseContentLength(value: string, current: number): number {
   // The common case, one plain number, without splitting or a regex.

@@ -12,6 +12,7 @@ import {
   findHeadEnd,
   httpDate,
   IDEMPOTENT_METHODS,
+  isField,
   ParseError,
   parseResponseHead,
   type ResponseHead,
@@ -214,8 +215,8 @@ function buildReply(
   let dated = false;
   for (let j = 0; j < headers.length; j++) {
     const name = headers[j][0];
-    if (name.length === 12 && name.toLowerCase() === "x-request-id") headers.splice(j--, 1);
-    else if (name.length === 4 && name.toLowerCase() === "date") dated = true;
+    if (isField(name, "x-request-id")) headers.splice(j--, 1);
+    else if (isField(name, "date")) dated = true;
   }
   // A proxy with a clock must date a response that arrives undated (RFC 9110 §6.6.1).
   if (!dated) headers.push(["date", httpDate()]);
@@ -275,7 +276,7 @@ function tunnelReply(
 ): Reply {
   const headers = head.headers;
   for (let j = 0; j < headers.length; j++) {
-    if (headers[j][0].toLowerCase() === "x-request-id") headers.splice(j--, 1);
+    if (isField(headers[j][0], "x-request-id")) headers.splice(j--, 1);
   }
   headers.push(["x-request-id", request.requestId]);
   if (request.setCookie !== undefined) headers.push(["set-cookie", request.setCookie]);

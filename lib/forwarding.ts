@@ -1,7 +1,7 @@
 /** What a proxy changes in a request on its way upstream: hop-by-hop headers out, X-Forwarded-* in. */
 import type { ClientRequest } from "./message.ts";
 import { isIp, MATCH_NONE } from "./cidr.ts";
-import { connectionTokens, HOP_BY_HOP } from "./http1/wire.ts";
+import { connectionTokens, HOP_BY_HOP, isHopByHop } from "./http1/wire.ts";
 
 /** The upstream request head and how its body is framed. */
 export interface ForwardHead {
@@ -59,7 +59,7 @@ export function forwardHead(
   for (let i = 0; i < keys.length; i++) {
     const key = keys[i];
     const value = values[i];
-    if (HOP_BY_HOP.has(key)) {
+    if (isHopByHop(key)) {
       if (key === "connection") connection = connection ? connection + "," + value : value;
       else if (key === "upgrade") upgrade = i;
       continue;

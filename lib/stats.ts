@@ -9,8 +9,6 @@ import type { ProxyObserver, RequestRecord } from "./proxy.ts";
 import type { UpstreamError } from "./upstream/errors.ts";
 
 const METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"];
-/** Method label index; other methods count as "OTHER" (index METHODS.length). */
-const METHOD_INDEX = new Map(METHODS.map((m, i) => [m, i]));
 const PROTOCOLS = ["HTTP/1.1", "HTTP/1.0", "HTTP/2"];
 const STATES: BackendState[] = ["up", "down", "ejected", "draining", "disabled"];
 
@@ -282,7 +280,10 @@ export class Stats implements ProxyObserver {
       };
       byRoute.set(r.route, series);
     }
-    const method = METHOD_INDEX.get(r.method) ?? METHODS.length;
+    // Other methods count as "OTHER" (index METHODS.length). A search, not a Map: the method is
+    // a new string, which a Map would first have to hash.
+    let method = METHODS.indexOf(r.method);
+    if (method === -1) method = METHODS.length;
     let protocol = PROTOCOLS.indexOf(r.protocol);
     if (protocol === -1) protocol = 0;
     const code = (r.status * 16 + method) * 4 + protocol;

@@ -1,5 +1,5 @@
 /** One HTTP/1.1 connection (a client's, or ours to a backend) with its read buffer and deadline. */
-import { Deadline } from "./deadlines.ts";
+import { coarseNow, Deadline } from "./deadlines.ts";
 import { directRid, readDirect, writeDirect } from "./direct_io.ts";
 import { type BodyFraming, ChunkedDecoder, lastChunk, latin1Bytes, ParseError } from "./wire.ts";
 
@@ -56,6 +56,7 @@ export class Connection {
   end = 0;
   /** True while the connection sits unused in its pool (backend connections). */
   idle = false;
+  /** When it was last parked, by {@linkcode coarseNow}. */
   idleSince = 0;
   closed = false;
   /**
@@ -254,7 +255,7 @@ export class Connection {
   park(onDead: (conn: Connection) => void): void {
     this.start = this.end = 0;
     this.idle = true;
-    this.idleSince = Date.now();
+    this.idleSince = coarseNow();
     this.#onDead = onDead;
     const pending = this.#read(this.buf);
     this.#pending = pending;

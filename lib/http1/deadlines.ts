@@ -9,6 +9,14 @@ let ticker: ReturnType<typeof setInterval> | undefined;
 /** performance.now() at the latest tick: arming reads it instead of the clock while the ticker runs. */
 let clock = 0;
 
+/**
+ * `performance.now()`, up to one tick stale while the ticker runs (requests are under way), for
+ * timestamps that need no more: one call into the runtime fewer each.
+ */
+export function coarseNow(): number {
+  return ticker === undefined ? performance.now() : clock;
+}
+
 /** A reusable deadline (one per connection): armed per request, so a request allocates no timer. */
 export class Deadline<T = unknown> {
   at = 0;

@@ -1,6 +1,7 @@
 /** Keep-alive connection pooling for one backend: reuse idle connections, open new ones on demand. */
 import { Connection } from "../http1/connection.ts";
 import { describeError } from "../http1/io.ts";
+import { coarseNow } from "../http1/deadlines.ts";
 import { encodeProxyV1, encodeProxyV2, type ProxyAddresses } from "../http1/proxy_protocol.ts";
 import { type BackendTlsOptions, connectBackendTls } from "../tls/backend.ts";
 import { UpstreamError } from "./errors.ts";
@@ -172,7 +173,7 @@ export class ConnectionPool {
   #startSweeper(): ReturnType<typeof setInterval> {
     const every = Math.max(250, Math.min(this.options.idleTimeout / 2, 30_000));
     const id = setInterval(() => {
-      const cutoff = Date.now() - this.options.idleTimeout;
+      const cutoff = coarseNow() - this.options.idleTimeout;
       // Oldest first: the stack's bottom has waited longest.
       while (this.#idle.length && this.#idle[0].idleSince <= cutoff) {
         this.discard(this.#idle.shift()!);

@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { gzipSync } from "node:zlib";
 import { backendUrl, concat, startBackends, startTestBalancer, waitFor } from "./helpers.ts";
+import { TEST_WORKERS } from "./process_helpers.ts";
 import { bytes, RawClient, rawRequest, scriptedBackend, sha256 } from "./proxy_helpers.ts";
 
 /** The port a demo backend names in its greeting. */
@@ -323,6 +324,37 @@ Deno.test("sequential requests reuse one upstream keep-alive connection", async 
     const proxied = backend.proxied();
     assert.ok(proxied.length <= 2, `50 sequential requests opened ${proxied.length} connections`);
     assert.equal(proxied.reduce((n, c) => n + c.requests.length, 0), 50);
+  } finally {
+    await backend.close();
+  }
+});
+
+Deno.test("timeouts.idle: an upstream keep-alive connection unused that long is closed, not before", async () => {
+  const backend = scriptedBackend(() => ({
+    reply: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+  }));
+  try {
+    await using lb = await startTestBalancer({
+      backends: [{ url: backend.url }],
+      timeouts: { idle: "600ms" },
+    });
+    const res = await fetch(lb.url);
+    assert.equal(await res.text(), "hello");
+    const done = Date.now();
+    const [conn] = backend.proxied();
+    await waitFor(() => conn.closedByPeer, "the idle upstream connection to be closed", 10_000);
+    const idle = Date.now() - done;
+    // Swept on a timer of half the timeout (deadline clock: up to 10 ms early).
+    assert.ok(idle >= 500, `closed after ${idle} ms idle, timeouts.idle 600ms`);
+    // A connection in use is not: requests 50 ms apart keep one open (one per worker thread)
+    // well past the timeout.
+    const before = backend.proxied().length;
+    for (let i = 0; i < 24; i++) {
+      assert.equal(await (await fetch(lb.url)).text(), "hello");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const opened = backend.proxied().length - before;
+    assert.ok(opened <= TEST_WORKERS, `${opened} connections for 24 requests 50 ms apart`);
   } finally {
     await backend.close();
   }

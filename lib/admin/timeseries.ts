@@ -140,6 +140,11 @@ export class TimeSeries implements ProxyObserver {
   /** All client requests, including those no backend answered. */
   readonly total = new Series();
   readonly #byId = new Map<string, Series>();
+  /**
+   * The same series by backend object, for `request`: a `pool/id` string made per request
+   * would be hashed anew for the lookup. Dropped whole when series are pruned.
+   */
+  #byBackend = new WeakMap<Backend, Series>();
 
   constructor(readonly now: () => number = Date.now) {}
 
@@ -156,6 +161,7 @@ export class TimeSeries implements ProxyObserver {
   /** Forgets series of backends that are gone. */
   prune(ids: ReadonlySet<string>): void {
     for (const id of this.#byId.keys()) if (!ids.has(id)) this.#byId.delete(id);
+    this.#byBackend = new WeakMap();
   }
 
   /** The last complete second. */
@@ -168,7 +174,15 @@ export class TimeSeries implements ProxyObserver {
     const sec = Math.floor(this.now() / 1000);
     const error = r.status >= 500 || r.error !== undefined;
     this.total.add(sec, r.durationMs, error);
-    if (r.backend) this.series(`${r.pool}/${r.backend.id}`).add(sec, r.durationMs, error);
+    const backend = r.backend;
+    if (backend) {
+      let s = this.#byBackend.get(backend);
+      if (s === undefined) {
+        s = this.series(`${r.pool}/${backend.id}`);
+        this.#byBackend.set(backend, s);
+      }
+      s.add(sec, r.durationMs, error);
+    }
   }
 
   /** ProxyObserver: failed attempts show in the backend's state and the metrics, not here. */

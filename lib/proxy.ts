@@ -16,9 +16,6 @@ import { IDEMPOTENT_METHODS } from "./http1/wire.ts";
 import { UpstreamError } from "./upstream/errors.ts";
 import type { RequestBody } from "./upstream/request_body.ts";
 
-/** `performance`, looked up once (a global read per request otherwise). */
-const clock = performance;
-
 /** A pool's settings the proxy reads per request; a reload swaps the whole object. */
 export interface PoolSettings {
   selector: Selector;
@@ -176,8 +173,8 @@ export class Forwarder {
         const next = candidates.next();
         if (next.done) {
           if (attempts === 0 && sawFull) {
-            queueDeadline ||= clock.now() + queue.timeout;
-            if (await queue.wait(queueDeadline - clock.now())) {
+            queueDeadline ||= performance.now() + queue.timeout;
+            if (await queue.wait(queueDeadline - performance.now())) {
               sawFull = false;
               candidates = settings.selector.candidates(out.select)[Symbol.iterator]();
               continue;
@@ -211,7 +208,7 @@ export class Forwarder {
         }
         attempts++;
         const attempt = new Attempt(backend, queue, out, this.#settle);
-        const attemptStart = attempts === 1 ? out.started : clock.now();
+        const attemptStart = attempts === 1 ? out.started : performance.now();
         try {
           const reply = await exchange(backend.connections, {
             method,
@@ -226,7 +223,7 @@ export class Forwarder {
             source: backend.config.proxyProtocol ? proxySource(out.select.request) : undefined,
             upgrade: out.select.request.upgrade,
           }, attempt.finish);
-          const upstreamMs = clock.now() - attemptStart;
+          const upstreamMs = performance.now() - attemptStart;
           backend.observeLatency(
             upstreamMs,
             record.time + (attemptStart - out.started) + upstreamMs,

@@ -10,6 +10,7 @@
 
 import { DENO_INTERNALS } from "../http1/direct_io.ts";
 import { closeQuietly, pump, writeAll } from "../http1/io.ts";
+import { isField } from "../http1/wire.ts";
 
 /** The HTTP/2 connection preface a client sends first (RFC 9113 §3.4). */
 export const H2_PREFACE: Uint8Array = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
@@ -260,7 +261,7 @@ export function toResponse(reply: H2Reply, method: string): Response {
   let named: Set<string> | undefined;
   for (let i = 0; i < fields.length; i++) {
     const name = fields[i][0];
-    if (name.length === 10 && name.toLowerCase() === "connection") {
+    if (isField(name, "connection")) {
       for (const token of fields[i][1].split(",")) {
         (named ??= new Set()).add(token.trim().toLowerCase());
       }

@@ -7,7 +7,7 @@
  * direct to a backend, p99 2.3 ms that way against 0.7 ms interleaved). Each request's latency
  * comes from h2load's `--log-file` (start, status, µs until the end of the response).
  */
-import { median, run } from "./proc.ts";
+import { run } from "./proc.ts";
 
 /** A paced run. */
 export interface PacedOptions {
@@ -34,6 +34,10 @@ export interface PacedResult {
   rate: number;
   /** Failed, errored or timed-out requests, and non-2xx responses. */
   failed: number;
+  /** Measured seconds. */
+  seconds: number;
+  /** Every response's latency, µs, sorted: runs are pooled from these (see {@linkcode pooled}). */
+  latencies: number[];
 }
 
 /** The latency at quantile `q` (0..1) of sorted µs values, in ms. */
@@ -61,7 +65,7 @@ export async function paced(
         "-c1",
         "-t1",
         `--rps=${perConnection}`,
-        `-D${options.seconds}`,
+        `-D${Math.round(options.seconds * 1000)}ms`,
         `--warm-up-time=${options.warmup}`,
         `--log-file=${log}`,
         url,
@@ -91,6 +95,11 @@ export async function paced(
       latencies.push(Number(us));
     }
   }
+  return summary(latencies, options.seconds, failed);
+}
+
+/** The figures of one run's (or several pooled runs') latencies. */
+function summary(latencies: number[], seconds: number, failed: number): PacedResult {
   latencies.sort((a, b) => a - b);
   return {
     p50: quantile(latencies, 0.5),
@@ -98,21 +107,22 @@ export async function paced(
     p99: quantile(latencies, 0.99),
     max: quantile(latencies, 1),
     requests: latencies.length,
-    rate: latencies.length / options.seconds,
+    rate: latencies.length / seconds,
     failed,
+    seconds,
+    latencies,
   };
 }
 
-/** Median of each field over rounds. */
-export function medianPaced(results: readonly PacedResult[]): PacedResult {
-  const pick = (k: keyof PacedResult) => median(results.map((r) => r[k]));
-  return {
-    p50: pick("p50"),
-    p90: pick("p90"),
-    p99: pick("p99"),
-    max: pick("max"),
-    requests: pick("requests"),
-    rate: pick("rate"),
-    failed: results.reduce((s, r) => s + r.failed, 0),
-  };
+/**
+ * One result from several runs of the same target, their responses pooled: the bench measures
+ * each proxy in slices that alternate with the other's, so that a slow phase of the shared
+ * machine falls on both, and the p99 is taken over all of a target's slices.
+ */
+export function pooled(runs: readonly PacedResult[]): PacedResult {
+  return summary(
+    runs.flatMap((r) => r.latencies),
+    runs.reduce((s, r) => s + r.seconds, 0),
+    runs.reduce((s, r) => s + r.failed, 0),
+  );
 }

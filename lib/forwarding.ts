@@ -1,7 +1,7 @@
 /** What a proxy changes in a request on its way upstream: hop-by-hop headers out, X-Forwarded-* in. */
 import type { ClientRequest } from "./message.ts";
 import { isIp, MATCH_NONE } from "./cidr.ts";
-import { connectionTokens, HOP_BY_HOP, isHopByHop } from "./http1/wire.ts";
+import { connectionTokens, isHopByHop } from "./http1/wire.ts";
 
 /** The upstream request head and how its body is framed. */
 export interface ForwardHead {
@@ -91,7 +91,7 @@ export function forwardHead(
   let host = req.host;
   // Headers named by Connection are hop-by-hop too; rare enough to filter afterwards.
   const tokens = connectionTokens(connection ?? null);
-  if (tokens && [...tokens].some((t) => !HOP_BY_HOP.has(t) && t !== "close")) {
+  if (tokens && [...tokens].some((t) => !isHopByHop(t) && t !== "close")) {
     const lines = text.split("\r\n");
     // Never Content-Length: the body's framing is not the client's to drop.
     text = lines.filter((line, i) => {

@@ -141,6 +141,31 @@ export async function main(args: string[]): Promise<number> {
   let hangupEarly = false;
   const hangup = () => onHangup();
   Deno.addSignalListener("SIGHUP", hangup);
+  // --watch starts before the balancer too, for the same reason: a file changed while it starts
+  // is remembered and reloaded once it runs. It watches the folders of the config file and of
+  // every file the config names (hooks, certificates): editors and ConfigMaps replace a file by
+  // renaming over it. When a reload changes the set of files, the watcher follows.
+  let onFileChange: () => void | Promise<void> = () => void (changedEarly = true);
+  let changedEarly = false;
+  let watcher: Deno.FsWatcher | undefined;
+  let debounce: ReturnType<typeof setTimeout> | undefined;
+  let watched = new Set<string>();
+  const watch = (current: Config) => {
+    watcher?.close();
+    const files = watched = new Set([resolve(path!), ...configFiles(current)]);
+    const w = watcher = Deno.watchFs([...new Set([...files].map((f) => dirname(f)))], {
+      recursive: false,
+    });
+    (async () => {
+      for await (const event of w) {
+        if (!event.paths.some((p) => files.has(p) || basename(p).startsWith(".."))) continue;
+        // Editors write in several steps; reload once they are done.
+        clearTimeout(debounce);
+        debounce = setTimeout(() => void onFileChange(), 200);
+      }
+    })();
+  };
+  if (flags.watch && path) watch(config);
   let balancer: Balancer;
   try {
     if (config.admin) checkAdminAddress(config.admin);
@@ -202,38 +227,12 @@ export async function main(args: string[]): Promise<number> {
   for (const [signal, handler] of signals) Deno.addSignalListener(signal, handler);
   onHangup = () => void reload("SIGHUP");
   if (hangupEarly) onHangup();
-
-  let watcher: Deno.FsWatcher | undefined;
-  let debounce: ReturnType<typeof setTimeout> | undefined;
-  if (flags.watch && path) {
-    // Watch the folders of the config file and of every file it names (hooks, certificates):
-    // editors and ConfigMaps replace a file by renaming over it. When a reload changes the
-    // set of files, the watcher follows.
-    const file = resolve(path);
-    const watch = () => {
-      const files = new Set([file, ...configFiles(balancer.config)]);
-      const w = Deno.watchFs([...new Set([...files].map((f) => dirname(f)))], {
-        recursive: false,
-      });
-      watcher = w;
-      (async () => {
-        for await (const event of w) {
-          if (!event.paths.some((p) => files.has(p) || basename(p).startsWith(".."))) continue;
-          // Editors write in several steps; reload once they are done.
-          clearTimeout(debounce);
-          debounce = setTimeout(async () => {
-            await reload("file changed");
-            const now = new Set([file, ...configFiles(balancer.config)]);
-            if (watcher === w && [...now].some((f) => !files.has(f))) {
-              w.close();
-              watch();
-            }
-          }, 200);
-        }
-      })();
-    };
-    watch();
-  }
+  onFileChange = async () => {
+    await reload("file changed");
+    const files = [resolve(path!), ...configFiles(balancer.config)];
+    if (files.some((f) => !watched.has(f))) watch(balancer.config);
+  };
+  if (changedEarly) void onFileChange();
 
   await balancer.finished;
   await stop();

@@ -9,7 +9,9 @@
  * Sections (all by default): `throughput` (the table: sluice with 1 and 2 workers, nginx with 1
  * and 2 worker processes, HAProxy with 1 and 2 threads, and the feature rows: access log, ten
  * routes, a trivial hook, TLS, HTTP/2), `pairing` (proxies pinned to one core at once, for work per
- * core and the cost of each feature), `latency` (paced p50/p99 and one-connection latency), `body`
+ * core and the cost of each feature), `floors` (smaller Deno proxies built from fewer of sluice's
+ * parts, `bench/floors/`, each paired with nginx the same way: where sluice's work per core goes),
+ * `latency` (paced p50/p99 and one-connection latency), `body`
  * (256 MB through one connection each way), `idle` (memory per idle connection), `handshakes`
  * (full TLS handshakes per second). `--soak` runs `bench/soak.ts` instead.
  *
@@ -38,7 +40,15 @@ import {
 
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 const HELLO = /^Hello from backend server on port: (\d+)/;
-const SECTIONS = ["throughput", "pairing", "latency", "body", "idle", "handshakes"] as const;
+const SECTIONS = [
+  "throughput",
+  "pairing",
+  "floors",
+  "latency",
+  "body",
+  "idle",
+  "handshakes",
+] as const;
 type Section = typeof SECTIONS[number];
 
 // ---------------------------------------------------------------- options
@@ -450,6 +460,29 @@ function startSluice(spec: SluiceSpec, cores?: string): Target {
   const child = new Child(`sluice (${spec.name})`, cmd, all, { cwd: ROOT, cores });
   const scheme = spec.https ? "https" : "http";
   return { url: `${scheme}://127.0.0.1:${port}${spec.path ?? "/"}`, child };
+}
+
+/** The floor proxies of `bench/floors/`, least work first: what each pairing row is called. */
+const FLOORS = {
+  minimal: "minimal Deno proxy (bytes copied, nothing parsed or added)",
+  bytes: "sluice's checks and additions on bytes, no layers (`bytes.ts`)",
+  flat: "sluice's parsers and head builders, no layers (`flat.ts`)",
+} as const;
+
+/** Starts a floor proxy of `bench/floors/` with sluice's V8 flags. */
+function startFloor(name: keyof typeof FLOORS, cores?: string): Target {
+  const port = freePort();
+  const v8 = SLUICE_PERMS.filter((flag) => flag.startsWith("--v8-flags="));
+  const [cmd, all] = unlimited(Deno.execPath(), [
+    "run",
+    ...v8,
+    "--allow-net",
+    `${ROOT}/bench/floors/${name}.ts`,
+    String(port),
+    ...backendPorts.map(String),
+  ]);
+  const child = new Child(`floor (${name})`, cmd, all, { cwd: ROOT, cores });
+  return { url: `http://127.0.0.1:${port}/`, child };
 }
 
 function fill(template: string, slots: Record<string, string>): string {
@@ -1132,6 +1165,8 @@ async function main(): Promise<number> {
 
   const rows: Row[] = [];
   const pairings: Pairing[] = [];
+  /** Per floor proxy: each round's pairing of it with nginx. */
+  const floorPairings: Record<string, Pairing[]> = {};
   /** Per feature: each round's pairing of sluice alone with sluice and the feature. */
   const featurePairings: Record<string, Pairing[]> = {};
   const latency: LatencyRound[] = [];
@@ -1259,7 +1294,7 @@ async function main(): Promise<number> {
         }
       }
       await ensureBackends();
-      if (want("pairing") && PIN) {
+      if ((want("pairing") || want("floors")) && PIN) {
         await pinBackends("0");
         try {
           if (tools.nginx) {
@@ -1272,7 +1307,19 @@ async function main(): Promise<number> {
           // One feature at a time against sluice without it, like sluice against nginx above:
           // four proxies sharing a core's caches at once made every feature read dearer than it
           // is alone on a core (the access log 11–12 % against 7 %).
+          for (const [name, label] of Object.entries(FLOORS)) {
+            if (!want("floors") || !tools.nginx) break;
+            const p = await measurePairing(
+              [label, "nginx (1 worker)"],
+              [
+                () => startFloor(name as keyof typeof FLOORS, "1"),
+                () => startNginx({ workers: 1 }, "1"),
+              ],
+            );
+            if (p) (floorPairings[label] ??= []).push(p);
+          }
           for (const k of features) {
+            if (!want("pairing")) break;
             const label = FEATURE_LABELS[k];
             const p = await measurePairing(
               ["sluice round-robin", `sluice with ${label}`],
@@ -1304,6 +1351,7 @@ async function main(): Promise<number> {
     rows,
     pairings,
     featurePairings,
+    floorPairings,
     latency,
     bodies,
     idle,
@@ -1336,6 +1384,7 @@ interface Results {
   rows: Row[];
   pairings: Pairing[];
   featurePairings: Record<string, Pairing[]>;
+  floorPairings: Record<string, Pairing[]>;
   latency: LatencyRound[];
   bodies: BodyRound[];
   idle: IdleRound[];
@@ -1445,7 +1494,7 @@ async function report(res: Results): Promise<string> {
 
   // -------- same-core pairings
   const features = Object.entries(res.featurePairings).filter(([, rounds]) => rounds.length);
-  if (res.pairings.length || features.length) {
+  if (res.pairings.length || features.length || Object.keys(res.floorPairings).length) {
     L.push("## Work per core (same-core pairing)", "");
     L.push(
       "Proxies pinned together to core 1 and loaded at once, each by its own " +
@@ -1478,6 +1527,29 @@ async function report(res: Results): Promise<string> {
             spread(rounds.map((p) => p[0]!.cpuUs!), fmtCpu)
           } CPU per request without it, paired on the core.`,
       );
+    }
+    const floors = Object.entries(res.floorPairings).filter(([, rounds]) => rounds.length);
+    if (floors.length) {
+      L.push(
+        "",
+        "Floors: smaller Deno proxies, each paired with nginx the same way, with sluice's own " +
+          "pairing above for comparison. Each handles the benchmark's GET and nothing else; see " +
+          "`bench/floors/` and [where the time goes](#work-per-core).",
+        "",
+        "| Proxy on the core with nginx | CPU per request | nginx's | Work per core vs nginx |",
+        "|---|--:|--:|--:|",
+      );
+      const line = (label: string, rounds: Pairing[]) => {
+        const work = rounds.map((p) => p[1]!.cpuUs! / p[0]!.cpuUs!);
+        L.push(
+          `| ${label} | ${fmtCpu(median(rounds.map((p) => p[0]!.cpuUs!)))} | ` +
+            `${fmtCpu(median(rounds.map((p) => p[1]!.cpuUs!)))} | **${pct(median(work))}** ` +
+            `(${work.map(pct).join(", ")}) |`,
+        );
+      };
+      for (const [label, rounds] of floors) line(label, rounds);
+      if (res.pairings.length) line("sluice round-robin (above)", res.pairings);
+      L.push("");
     }
     L.push("");
   }

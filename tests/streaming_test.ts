@@ -314,6 +314,73 @@ Deno.test("a 50 MB upload with Content-Length arrives intact", async () => {
   }
 });
 
+Deno.test("uploads through main.ts arrive intact while another is held up by its backend", async () => {
+  // Upload pieces are reused once written upstream: a piece handed out again while it is still
+  // needed would mix the bytes of one upload into another.
+  const resume = Promise.withResolvers<void>();
+  let heldRead = 0;
+  const backend = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    const url = new URL(req.url);
+    if (url.pathname !== "/upload" || !req.body) {
+      await req.body?.cancel();
+      return new Response("ok");
+    }
+    const held = url.searchParams.has("held");
+    const hash = createHash("sha256");
+    let length = 0;
+    for await (const chunk of req.body) {
+      hash.update(chunk);
+      length += chunk.length;
+      if (held) {
+        heldRead = length;
+        if (length >= MB) await resume.promise;
+      }
+    }
+    return Response.json({ length, sha256: hash.digest("hex") });
+  });
+  /** A body of `count` blocks from block `from`, chunked when it has no length. */
+  const blocks = (from: number, count: number) => {
+    let i = 0;
+    return new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (i === count) return controller.close();
+        controller.enqueue(block(from + i++, BLOCK));
+      },
+    }, { highWaterMark: 0 });
+  };
+  const expected = (from: number, count: number) => {
+    const hash = createHash("sha256");
+    for (let i = 0; i < count; i++) hash.update(block(from + i, BLOCK));
+    return { length: count * BLOCK, sha256: hash.digest("hex") };
+  };
+  try {
+    const { lb } = await balancerFor(backend);
+    await using _lb = lb;
+    const COUNT = 96; // 6 MiB each
+    // One upload whose backend stops reading after its first MB, its pieces still in flight.
+    const held = fetch(`${lb.url}/upload?held`, { method: "POST", body: blocks(1000, COUNT) });
+    await waitFor(() => heldRead >= MB, "the held upload's first MB");
+    // Others, with Content-Length (a whole body) and chunked (a stream), run to their end meanwhile.
+    const others = await Promise.all([2000, 3000, 4000, 5000].map(async (from) => {
+      const body = from % 2000 === 0
+        ? new Uint8Array(await new Response(blocks(from, COUNT)).arrayBuffer())
+        : blocks(from, COUNT);
+      const res = await fetch(`${lb.url}/upload`, { method: "PUT", body });
+      return { from, ...(await res.json()) };
+    }));
+    resume.resolve();
+    const last = { from: 1000, ...(await (await held).json()) };
+    const results = [...others, last];
+    assert.deepEqual(
+      results,
+      results.map(({ from }) => ({ from, ...expected(from, COUNT) })),
+    );
+  } finally {
+    resume.resolve();
+    await backend.shutdown();
+  }
+});
+
 Deno.test("downloads through main.ts arrive intact while another is held up by its client", async () => {
   // Body pieces are reused once written: a piece handed out again while a write of it still
   // waits for a slow client would mix the bytes of one download into another.

@@ -14,6 +14,7 @@ import {
   FramedBody,
   HeadTooLarge,
   isPieceStream,
+  markPieceStream,
   recyclePiece,
 } from "../http1/connection.ts";
 import { Deadline } from "../http1/deadlines.ts";
@@ -1010,34 +1011,38 @@ class ClientBody {
       session.context.server.limits.maxBodySize,
     );
     let continued = !request.expectContinue;
-    this.stream = new ReadableStream<Uint8Array>({
-      pull: async (controller) => {
-        session.wait("body", session.context.server.timeouts.client);
-        try {
-          if (!continued) {
-            continued = true;
-            if (!session.responded && conn.start === conn.end) await conn.write(CONTINUE);
+    // Its pieces come from the connection and go to one reader: written upstream, they are given
+    // back for the next read (RequestBody.written).
+    this.stream = markPieceStream(
+      new ReadableStream<Uint8Array>({
+        pull: async (controller) => {
+          session.wait("body", session.context.server.timeouts.client);
+          try {
+            if (!continued) {
+              continued = true;
+              if (!session.responded && conn.start === conn.end) await conn.write(CONTINUE);
+            }
+            const piece = await body.next();
+            if (piece !== null) controller.enqueue(piece);
+            if (body.done) controller.close();
+          } catch (err) {
+            // A broken upload poisons the connection: nothing after it can be trusted. It
+            // closes after the response (the body is not done); at once if the client is gone.
+            const refused = err instanceof ParseError || err instanceof BodyTooLarge;
+            if (!refused && !conn.deadline.expired) conn.close(); // (else a 408 is on its way)
+            this.failure = err instanceof BodyCutShort
+              ? new Error(`client closed the connection ${err.where}`)
+              : err;
+            controller.error(this.failure);
+          } finally {
+            if (session.waiting === "body") session.disarm();
           }
-          const piece = await body.next();
-          if (piece !== null) controller.enqueue(piece);
-          if (body.done) controller.close();
-        } catch (err) {
-          // A broken upload poisons the connection: nothing after it can be trusted. It
-          // closes after the response (the body is not done); at once if the client is gone.
-          const refused = err instanceof ParseError || err instanceof BodyTooLarge;
-          if (!refused && !conn.deadline.expired) conn.close(); // (else a 408 is on its way)
-          this.failure = err instanceof BodyCutShort
-            ? new Error(`client closed the connection ${err.where}`)
-            : err;
-          controller.error(this.failure);
-        } finally {
-          if (session.waiting === "body") session.disarm();
-        }
-      },
-      cancel: () => {
-        // Left unread: the connection closes after the response.
-      },
-    }, { highWaterMark: 0 });
+        },
+        cancel: () => {
+          // Left unread: the connection closes after the response.
+        },
+      }, { highWaterMark: 0 }),
+    );
     // A chunked upload may end in trailer fields: they go upstream after it (RequestBody).
     if (request.chunked) (this.stream as TrailedStream).trailers = () => body.trailers;
   }

@@ -190,6 +190,7 @@ async function sendBody(
     for await (const chunk of body.chunks()) {
       if (chunk.length === 0) continue;
       await (chunked ? conn.writeChunk(chunk) : conn.write(chunk));
+      body.written(chunk);
       progress();
     }
     if (chunked) await conn.writeLastChunk(body.trailers());

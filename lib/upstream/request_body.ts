@@ -1,5 +1,6 @@
 /** A request body read once from the client, replayable for a retry while it fits the replay buffer. */
 import type { TrailedStream } from "../message.ts";
+import { isPieceStream, recyclePiece } from "../http1/connection.ts";
 
 /** Wraps the client's body stream, remembering up to `limit` bytes so a retry can resend them. */
 export class RequestBody {
@@ -16,10 +17,22 @@ export class RequestBody {
   /** The read in progress, shared so an abandoned attempt and its retry never read concurrently. */
   #reading: Promise<Uint8Array | null> | undefined;
   readonly #trailers: (() => [string, string][] | undefined) | undefined;
+  /** The stream's chunks are pieces of the client connection that no one else holds. */
+  readonly #pieces: boolean;
 
   constructor(stream: ReadableStream<Uint8Array>, readonly limit: number) {
+    this.#pieces = isPieceStream(stream);
     this.#reader = stream.getReader();
     this.#trailers = (stream as TrailedStream).trailers;
+  }
+
+  /**
+   * `chunk`, from {@linkcode chunks}, has been written upstream. A piece of the client
+   * connection that is not kept for a retry goes back for the connection's next read: without
+   * this an upload allocated (and zeroed) a new 128 KiB piece for every read.
+   */
+  written(chunk: Uint8Array): void {
+    if (this.#pieces && !this.#kept.includes(chunk)) recyclePiece(chunk);
   }
 
   /** The trailer fields that ended the client's chunked body, once it has ended (else undefined). */

@@ -10,17 +10,13 @@
  *
  *   deno run --allow-net bench/floors/bytes.ts PORT BACKEND_PORT...
  */
-import { Connection } from "../../lib/http1/connection.ts";
-import { findHeadEnd, httpDate, scanHead } from "../../lib/http1/wire.ts";
+import { httpDate, scanHead } from "../../lib/http1/wire.ts";
+import { Backends, bufferedHead, clientConnection, TIMEOUT } from "./common.ts";
 
-const [port, ...backends] = Deno.args.map(Number);
-const idle: Connection[][] = backends.map(() => []);
-let next = 0;
+const [port, ...ports] = Deno.args.map(Number);
+const backends = new Backends(ports);
 const random = crypto;
-const ignore = () => {};
 const ascii = new TextEncoder();
-/** The timeouts armed around each wait, as sluice's are (they never fire here). */
-const TIMEOUT = 60_000;
 const HOST = ascii.encode("host");
 const CONTENT_LENGTH = ascii.encode("content-length");
 const DATE = ascii.encode("date");
@@ -49,16 +45,12 @@ function find(buf: Uint8Array, from: number, byte: number): number {
 async function serve(raw: Deno.Conn): Promise<void> {
   const peer = raw.remoteAddr as Deno.NetAddr;
   const forwarded = "x-forwarded-for: " + peer.hostname + "\r\nx-forwarded-proto: http\r\n";
-  const client = new Connection(raw, ignore, 4 * 1024, 512);
+  const client = clientConnection(raw);
   const out = new Uint8Array(16 * 1024);
   try {
     for (;;) {
-      let end: number;
-      while ((end = findHeadEnd(client.buf, client.start, client.end)) === -1) {
-        const got = await client.receive();
-        if (got === 0) return;
-        client.end += got;
-      }
+      const end = await bufferedHead(client);
+      if (end === -1) return;
       client.deadline.arm(TIMEOUT);
       const buf = client.buf, start = client.start;
       scanHead(buf.subarray(start, end - 2), "request");
@@ -81,21 +73,11 @@ async function serve(raw: Deno.Conn): Promise<void> {
         forwarded + "x-forwarded-host: " + host + "\r\nx-request-id: " + requestId + "\r\n\r\n",
         out.subarray(n),
       ).written;
-      const i = next++ % backends.length;
-      const backend = idle[i].pop() ?? new Connection(
-        await Deno.connect({ hostname: "127.0.0.1", port: backends[i] }),
-        ignore,
-        16 * 1024,
-      );
-      backend.idle = false;
+      const { conn: backend, index } = await backends.take();
       backend.deadline.arm(TIMEOUT);
       await backend.write(out.subarray(0, n));
-      let responseEnd: number;
-      while ((responseEnd = findHeadEnd(backend.buf, backend.start, backend.end)) === -1) {
-        const got = await backend.receive();
-        if (got === 0) throw new Error("backend closed the connection");
-        backend.end += got;
-      }
+      const responseEnd = await bufferedHead(backend);
+      if (responseEnd === -1) throw new Error("backend closed the connection");
       const res = backend.buf, from = backend.start;
       scanHead(res.subarray(from, responseEnd - 2), "response");
       let length = 0, dated = false;
@@ -129,8 +111,7 @@ async function serve(raw: Deno.Conn): Promise<void> {
       out.set(res.subarray(responseEnd, responseEnd + length), n);
       n += length;
       backend.start = responseEnd + length;
-      backend.park(ignore);
-      idle[i].push(backend);
+      backends.give(backend, index);
       client.deadline.arm(TIMEOUT);
       await client.write(out.subarray(0, n));
       client.deadline.disarm();

@@ -203,6 +203,22 @@ async function sendBody(
   }
 }
 
+/**
+ * A response's header fields as the client gets them: the backend's X-Request-Id replaced by
+ * `requestId`, and a Date added when the backend sent none.
+ */
+export function stampResponse(headers: [string, string][], requestId: string): void {
+  let dated = false;
+  for (let j = 0; j < headers.length; j++) {
+    const name = headers[j][0];
+    if (isField(name, "x-request-id")) headers.splice(j--, 1);
+    else if (isField(name, "date")) dated = true;
+  }
+  // A proxy with a clock must date a response that arrives undated (RFC 9110 §6.6.1).
+  if (!dated) headers.push(["date", httpDate()]);
+  headers.push(["x-request-id", requestId]);
+}
+
 function buildReply(
   pool: ConnectionPool,
   conn: Connection,
@@ -213,15 +229,7 @@ function buildReply(
 ): Reply {
   const headers = head.headers;
   const framing = head.framing;
-  let dated = false;
-  for (let j = 0; j < headers.length; j++) {
-    const name = headers[j][0];
-    if (isField(name, "x-request-id")) headers.splice(j--, 1);
-    else if (isField(name, "date")) dated = true;
-  }
-  // A proxy with a clock must date a response that arrives undated (RFC 9110 §6.6.1).
-  if (!dated) headers.push(["date", httpDate()]);
-  headers.push(["x-request-id", request.requestId]);
+  stampResponse(headers, request.requestId);
   if (request.setCookie !== undefined) headers.push(["set-cookie", request.setCookie]);
   const reply: Reply = {
     status: head.status,

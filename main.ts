@@ -166,29 +166,32 @@ export async function main(args: string[]): Promise<number> {
     })();
   };
   if (flags.watch && path) watch(config);
+  /** Logs why sluice cannot start and lets go of what listens for a reload: exit code 1. */
+  const cannotStart = (what: string, err: unknown) => {
+    log.error(`${what}: ${(err as Error).message}`);
+    Deno.removeSignalListener("SIGHUP", hangup);
+    watcher?.close();
+    clearTimeout(debounce);
+    return 1;
+  };
   let balancer: Balancer;
   try {
     if (config.admin) checkAdminAddress(config.admin);
   } catch (err) {
-    Deno.removeSignalListener("SIGHUP", hangup);
-    log.error(`cannot start the admin listener: ${(err as Error).message}`);
-    return 1;
+    return cannotStart("cannot start the admin listener", err);
   }
   try {
     balancer = await startBalancer(config, log);
   } catch (err) {
-    Deno.removeSignalListener("SIGHUP", hangup);
-    log.error(`cannot start: ${(err as Error).message}`);
-    return 1;
+    return cannotStart("cannot start", err);
   }
   let admin: Awaited<ReturnType<typeof startAdmin>> | undefined;
   try {
     admin = config.admin ? await startAdmin(balancer, config.admin) : undefined;
   } catch (err) {
-    log.error(`cannot start the admin listener: ${(err as Error).message}`);
+    const code = cannotStart("cannot start the admin listener", err);
     await balancer.shutdown();
-    Deno.removeSignalListener("SIGHUP", hangup);
-    return 1;
+    return code;
   }
 
   // One reload at a time: a SIGHUP during a --watch reload waits for it.

@@ -1304,11 +1304,8 @@ async function main(): Promise<number> {
             );
             if (p) pairings.push(p);
           }
-          // One feature at a time against sluice without it, like sluice against nginx above:
-          // four proxies sharing a core's caches at once made every feature read dearer than it
-          // is alone on a core (the access log 11–12 % against 7 %).
-          for (const [name, label] of Object.entries(FLOORS)) {
-            if (!want("floors") || !tools.nginx) break;
+          const floors = want("floors") && tools.nginx ? Object.entries(FLOORS) : [];
+          for (const [name, label] of floors) {
             const p = await measurePairing(
               [label, "nginx (1 worker)"],
               [
@@ -1318,8 +1315,10 @@ async function main(): Promise<number> {
             );
             if (p) (floorPairings[label] ??= []).push(p);
           }
-          for (const k of features) {
-            if (!want("pairing")) break;
+          // One feature at a time against sluice without it, like sluice against nginx above:
+          // four proxies sharing a core's caches at once made every feature read dearer than it
+          // is alone on a core (the access log 11–12 % against 7 %).
+          for (const k of want("pairing") ? features : []) {
             const label = FEATURE_LABELS[k];
             const p = await measurePairing(
               ["sluice round-robin", `sluice with ${label}`],

@@ -10,7 +10,7 @@
  *
  *   deno run --allow-net bench/floors/bytes.ts PORT BACKEND_PORT...
  */
-import { httpDate, scanHead } from "../../lib/http1/wire.ts";
+import { httpDate, latin1String, scanHead } from "../../lib/http1/wire.ts";
 import { Backends, bufferedHead, clientConnection, TIMEOUT } from "./common.ts";
 
 const [port, ...ports] = Deno.args.map(Number);
@@ -31,9 +31,7 @@ function isName(buf: Uint8Array, from: number, length: number, name: Uint8Array)
 
 /** buf[from, to) as a string, one character per byte. */
 function latin1(buf: Uint8Array, from: number, to: number): string {
-  let text = "";
-  for (let i = from; i < to; i++) text += String.fromCharCode(buf[i]);
-  return text;
+  return latin1String(buf.subarray(from, to), false);
 }
 
 /** Index of the first `byte` in buf at or after `from`. */

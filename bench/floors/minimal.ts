@@ -1,23 +1,18 @@
 /**
  * The floor of a Deno proxy, for `deno task bench`'s `floors` section: a shared keep-alive pool
  * per backend, round robin, and per request only the head's end and the response's
- * Content-Length found; bytes are copied as they came, through the public `Deno.Conn` methods.
+ * Content-Length found (the end with sluice's `findHeadEnd`); bytes are copied as they came,
+ * through the public `Deno.Conn` methods.
  * Nothing is validated or added. GET requests without a body only: not a proxy for real use.
  *
  *   deno run --allow-net bench/floors/minimal.ts PORT BACKEND_PORT...
  */
+import { findHeadEnd } from "../../lib/http1/wire.ts";
+
 const [port, ...backends] = Deno.args.map(Number);
 const idle: Deno.Conn[][] = backends.map(() => []);
 let next = 0;
 const ascii = new TextDecoder();
-
-/** Index just past the first CRLFCRLF in buf[0, n), or -1. */
-function headEnd(buf: Uint8Array, n: number): number {
-  for (let i = 3; i < n; i++) {
-    if (buf[i] === 10 && buf[i - 1] === 13 && buf[i - 2] === 10 && buf[i - 3] === 13) return i + 1;
-  }
-  return -1;
-}
 
 /** The Content-Length of the head in buf[0, end), 0 without one. */
 function contentLength(buf: Uint8Array, end: number): number {
@@ -35,7 +30,7 @@ async function serve(client: Deno.Conn): Promise<void> {
       const got = await client.read(request.subarray(n));
       if (got === null) return;
       n += got;
-      end = headEnd(request, n);
+      end = findHeadEnd(request, 0, n);
     }
     const i = next++ % backends.length;
     const backend = idle[i].pop() ??
@@ -46,7 +41,7 @@ async function serve(client: Deno.Conn): Promise<void> {
       const got = await backend.read(response.subarray(m));
       if (got === null) throw new Error("backend closed the connection");
       m += got;
-      responseEnd = headEnd(response, m);
+      responseEnd = findHeadEnd(response, 0, m);
     }
     const total = responseEnd + contentLength(response, responseEnd);
     while (m < total) {

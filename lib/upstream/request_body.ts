@@ -29,10 +29,11 @@ export class RequestBody {
   /**
    * `chunk`, from {@linkcode chunks}, has been written upstream. A piece of the client
    * connection that is not kept for a retry goes back for the connection's next read: without
-   * this an upload allocated (and zeroed) a new 128 KiB piece for every read.
+   * this an upload allocated (and zeroed) a new 128 KiB piece for every read. Until the body
+   * outgrows the limit every chunk is kept, so only then is there anything to look up.
    */
   written(chunk: Uint8Array): void {
-    if (this.#pieces && !this.#kept.includes(chunk)) recyclePiece(chunk);
+    if (this.#pieces && this.#overflow && !this.#kept.includes(chunk)) recyclePiece(chunk);
   }
 
   /** The trailer fields that ended the client's chunked body, once it has ended (else undefined). */

@@ -55,15 +55,19 @@ export class EventStreams {
   open(): Response {
     const encoder = new TextEncoder();
     let timer: ReturnType<typeof setTimeout> | undefined;
-    let last = this.ts.lastSecond() - WINDOW_SECONDS;
+    /** The last second sent (none yet: the snapshot sends the whole window). */
+    let last = -Infinity;
     let close = () => {};
     const body = new ReadableStream<Uint8Array>({
       start: (controller) => {
         const send = async (event: string) => {
           // Worker threads' counts (the backends' response totals) first.
           await this.balancer.collect();
+          // Taken after collecting: a second may have ended meanwhile (workers answer by message),
+          // and no frame covers more than the window.
           const to = this.ts.lastSecond();
-          const data = frame(this.balancer, this.ts, this.writable, last + 1, to);
+          const from = Math.max(last + 1, to - WINDOW_SECONDS + 1);
+          const data = frame(this.balancer, this.ts, this.writable, from, to);
           last = to;
           controller.enqueue(encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`));
         };

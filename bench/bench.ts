@@ -501,9 +501,27 @@ interface NginxSpec {
   routes?: boolean;
   /** worker_connections (and the descriptor limit). @default 1024 */
   connections?: number;
+  /**
+   * nginx's defaults only: the request goes up with Host rewritten to the upstream's name and
+   * nothing added. Otherwise nginx does what sluice does to every request by default.
+   * @default false
+   */
+  bare?: boolean;
 }
 
 const PROXY = 'proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection "";';
+/**
+ * sluice's default additions, done by nginx (docs/configuration.md, "What the backend sees"):
+ * Host kept; X-Forwarded-For, -Proto and -Host set, replacing the client's; the client's
+ * X-Request-Id kept, or a new one made, sent up and returned in the response.
+ */
+const SAME_JOB =
+  " proxy_set_header Host $http_host; proxy_set_header X-Forwarded-For $remote_addr;" +
+  " proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $http_host;" +
+  " proxy_set_header X-Request-Id $sluice_id; proxy_hide_header X-Request-Id;" +
+  " add_header X-Request-Id $sluice_id always;";
+const SAME_JOB_HTTP =
+  '  map $http_x_request_id $sluice_id { "" $request_id; default $http_x_request_id; }';
 
 async function startNginx(spec: NginxSpec, cores?: string): Promise<Target> {
   if (!tools.nginx) throw new Skip("nginx is not installed");
@@ -527,7 +545,9 @@ async function startNginx(spec: NginxSpec, cores?: string): Promise<Target> {
       ? `    ssl_certificate ${cert!.cert};\n    ssl_certificate_key ${cert!.key};`
       : "",
     SERVERS: backendPorts.map((p) => `    server 127.0.0.1:${p};`).join("\n"),
-    LOCATIONS: paths.map((p) => `    location ${p} { ${PROXY} }`).join("\n"),
+    HTTP: spec.bare ? "" : SAME_JOB_HTTP,
+    LOCATIONS: paths.map((p) => `    location ${p} { ${PROXY}${spec.bare ? "" : SAME_JOB} }`)
+      .join("\n"),
   });
   await Deno.writeTextFile(`${dir}/nginx.conf`, conf);
   const args = ["-p", dir, "-e", `${dir}/error.log`, "-c", `${dir}/nginx.conf`];
@@ -1165,6 +1185,10 @@ async function main(): Promise<number> {
 
   const rows: Row[] = [];
   const pairings: Pairing[] = [];
+  /** Each round's pairing of sluice with nginx doing only what nginx does by default. */
+  const barePairings: Pairing[] = [];
+  /** Each round's pairing of nginx doing sluice's job with nginx doing only its defaults. */
+  const jobPairings: Pairing[] = [];
   /** Per floor proxy: each round's pairing of it with nginx. */
   const floorPairings: Record<string, Pairing[]> = {};
   /** Per feature: each round's pairing of sluice alone with sluice and the feature. */
@@ -1303,6 +1327,22 @@ async function main(): Promise<number> {
               [() => startSluice(SPECS.rr1, "1"), () => startNginx({ workers: 1 }, "1")],
             );
             if (p) pairings.push(p);
+            const bare = !want("pairing") ? undefined : await measurePairing(
+              ["sluice round-robin", "nginx (1 worker, bare)"],
+              [
+                () => startSluice(SPECS.rr1, "1"),
+                () => startNginx({ workers: 1, bare: true }, "1"),
+              ],
+            );
+            if (bare) barePairings.push(bare);
+            const job = !want("pairing") ? undefined : await measurePairing(
+              ["nginx (1 worker)", "nginx (1 worker, bare)"],
+              [
+                () => startNginx({ workers: 1 }, "1"),
+                () => startNginx({ workers: 1, bare: true }, "1"),
+              ],
+            );
+            if (job) jobPairings.push(job);
           }
           const floors = want("floors") && tools.nginx ? Object.entries(FLOORS) : [];
           for (const [name, label] of floors) {
@@ -1349,6 +1389,8 @@ async function main(): Promise<number> {
   let md = await report({
     rows,
     pairings,
+    barePairings,
+    jobPairings,
     featurePairings,
     floorPairings,
     latency,
@@ -1382,6 +1424,8 @@ async function main(): Promise<number> {
 interface Results {
   rows: Row[];
   pairings: Pairing[];
+  barePairings: Pairing[];
+  jobPairings: Pairing[];
   featurePairings: Record<string, Pairing[]>;
   floorPairings: Record<string, Pairing[]>;
   latency: LatencyRound[];
@@ -1431,7 +1475,10 @@ async function report(res: Results): Promise<string> {
     "- Backends: one `bench/bench_backend.ts` process serving 3 ports (raw HTTP/1.1 over " +
       "`Deno.listen`, cheap per request, so that the proxy is what is measured); every proxy " +
       "balances over the same 3; sluice logs at warn; nginx and HAProxy keep upstream " +
-      "connections alive and log nothing; nginx streams uploads (`proxy_request_buffering off`)",
+      "connections alive, log nothing, and do to each request what sluice does by default (Host " +
+      "kept, X-Forwarded-For, -Proto and -Host set, X-Request-Id kept or made and returned: " +
+      "`bench/nginx.conf.template`, `bench/haproxy.cfg.template`); nginx streams uploads " +
+      "(`proxy_request_buffering off`)",
   );
   L.push("");
 
@@ -1509,9 +1556,33 @@ async function report(res: Results): Promise<string> {
       L.push(
         `- sluice (1 worker) ${spread(res.pairings.map((p) => p[0]!.cpuUs!), fmtCpu)} and nginx ` +
           `(1 worker) ${spread(res.pairings.map((p) => p[1]!.cpuUs!), fmtCpu)} CPU per ` +
-          `request: sluice does **${pct(w)}** of nginx's work per core (each round: ${
+          `request, nginx doing to each request what sluice does by default (Host kept, ` +
+          "X-Forwarded-For, -Proto and -Host set, X-Request-Id kept or made, sent up and " +
+          `returned): sluice does **${pct(w)}** of nginx's work per core (each round: ${
             work.map(pct).join(", ")
           }; target ≥ 75%: ${verdict(w >= 0.75)}).`,
+      );
+    }
+    if (res.barePairings.length) {
+      const work = res.barePairings.map((p) => p[1]!.cpuUs! / p[0]!.cpuUs!);
+      L.push(
+        `- Against nginx doing only what it does by default (Host rewritten to the upstream's ` +
+          "name, nothing added; the benchmark's nginx until 2026-12-02), paired the same way: " +
+          `sluice ${spread(res.barePairings.map((p) => p[0]!.cpuUs!), fmtCpu)}, nginx ${
+            spread(res.barePairings.map((p) => p[1]!.cpuUs!), fmtCpu)
+          } CPU per request; sluice does **${pct(median(work))}** of its work per core (each ` +
+          `round: ${work.map(pct).join(", ")}).`,
+      );
+    }
+    if (res.jobPairings.length) {
+      const extra = res.jobPairings.map((p) => p[0]!.cpuUs! / p[1]!.cpuUs! - 1);
+      L.push(
+        "- What sluice's default additions cost nginx, the two nginx configurations paired the " +
+          `same way: ${spread(res.jobPairings.map((p) => p[0]!.cpuUs!), fmtCpu)} against ${
+            spread(res.jobPairings.map((p) => p[1]!.cpuUs!), fmtCpu)
+          } CPU per request, **${pct(median(extra))}** more (each round: ${
+            extra.map(pct).join(", ")
+          }).`,
       );
     }
     for (const [label, rounds] of features) {

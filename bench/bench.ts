@@ -21,6 +21,7 @@
 import { parseArgs } from "node:util";
 import { type IdleResult, measureIdle } from "./idle.ts";
 import { paced, type PacedResult, pooled } from "./paced.ts";
+import { haproxyConfig, nginxConfig, type NginxSpec } from "./peers.ts";
 import { keptPartOf, soakMain } from "./soak.ts";
 import {
   Child,
@@ -485,44 +486,6 @@ function startFloor(name: keyof typeof FLOORS, cores?: string): Target {
   return { url: `http://127.0.0.1:${port}/`, child };
 }
 
-function fill(template: string, slots: Record<string, string>): string {
-  return template.replace(/\{\{(\w+)\}\}/g, (_, k) => {
-    if (!(k in slots)) throw new Error(`template slot {{${k}}} has no value`);
-    return slots[k];
-  });
-}
-
-/** How an nginx under test is set up. */
-interface NginxSpec {
-  workers: number;
-  tls?: boolean;
-  h2?: boolean;
-  /** Ten `location` blocks, as sluice's ten routes. */
-  routes?: boolean;
-  /** worker_connections (and the descriptor limit). @default 1024 */
-  connections?: number;
-  /**
-   * nginx's defaults only: the request goes up with Host rewritten to the upstream's name and
-   * nothing added. Otherwise nginx does what sluice does to every request by default.
-   * @default false
-   */
-  bare?: boolean;
-}
-
-const PROXY = 'proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection "";';
-/**
- * sluice's default additions, done by nginx (docs/configuration.md, "What the backend sees"):
- * Host kept; X-Forwarded-For, -Proto and -Host set, replacing the client's; the client's
- * X-Request-Id kept, or a new one made, sent up and returned in the response.
- */
-const SAME_JOB =
-  " proxy_set_header Host $http_host; proxy_set_header X-Forwarded-For $remote_addr;" +
-  " proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $http_host;" +
-  " proxy_set_header X-Request-Id $sluice_id; proxy_hide_header X-Request-Id;" +
-  " add_header X-Request-Id $sluice_id always;";
-const SAME_JOB_HTTP =
-  '  map $http_x_request_id $sluice_id { "" $request_id; default $http_x_request_id; }';
-
 async function startNginx(spec: NginxSpec, cores?: string): Promise<Target> {
   if (!tools.nginx) throw new Skip("nginx is not installed");
   if ((spec.tls || spec.h2) && !cert) throw new Skip("no TLS certificate (openssl is missing)");
@@ -532,23 +495,7 @@ async function startNginx(spec: NginxSpec, cores?: string): Promise<Target> {
   // As root, nginx workers run as an unprivileged user: let them reach the temp dirs.
   await Deno.chmod(tmp, 0o755);
   await Deno.chmod(dir, 0o755);
-  const paths = spec.routes ? [...Array.from({ length: 9 }, (_, i) => `/r${i}`), "/"] : ["/"];
-  const connections = spec.connections ?? 1024;
-  const conf = fill(await Deno.readTextFile(`${ROOT}/bench/nginx.conf.template`), {
-    WORKERS: String(spec.workers),
-    NOFILE: String(Math.max(4096, connections + 100)),
-    CONNECTIONS: String(connections),
-    DIR: dir,
-    PORT: String(port),
-    LISTEN: spec.h2 ? " ssl http2" : spec.tls ? " ssl" : "",
-    SSL: spec.tls || spec.h2
-      ? `    ssl_certificate ${cert!.cert};\n    ssl_certificate_key ${cert!.key};`
-      : "",
-    SERVERS: backendPorts.map((p) => `    server 127.0.0.1:${p};`).join("\n"),
-    HTTP: spec.bare ? "" : SAME_JOB_HTTP,
-    LOCATIONS: paths.map((p) => `    location ${p} { ${PROXY}${spec.bare ? "" : SAME_JOB} }`)
-      .join("\n"),
-  });
+  const conf = await nginxConfig(spec, { port, backendPorts, dir, cert });
   await Deno.writeTextFile(`${dir}/nginx.conf`, conf);
   const args = ["-p", dir, "-e", `${dir}/error.log`, "-c", `${dir}/nginx.conf`];
   const test = await run(tools.nginx, ["-t", ...args], 10_000);
@@ -562,11 +509,7 @@ async function startNginx(spec: NginxSpec, cores?: string): Promise<Target> {
 async function startHaproxy(threads: number, cores?: string): Promise<Target> {
   if (!tools.haproxy) throw new Skip("haproxy is not installed");
   const port = freePort();
-  const cfg = fill(await Deno.readTextFile(`${ROOT}/bench/haproxy.cfg.template`), {
-    THREADS: String(threads),
-    PORT: String(port),
-    SERVERS: backendPorts.map((p, i) => `  server b${i + 1} 127.0.0.1:${p}`).join("\n"),
-  });
+  const cfg = await haproxyConfig(threads, { port, backendPorts });
   await Deno.writeTextFile(`${tmp}/haproxy-${port}.cfg`, cfg);
   const child = new Child(`haproxy (${threads})`, tools.haproxy, [
     "-db",

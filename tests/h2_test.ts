@@ -15,24 +15,8 @@ import {
   toResponse,
 } from "../lib/listener/h2.ts";
 import { createTestCa, type TestCa, type TestCert } from "./tls_helpers.ts";
+import { need } from "./process_helpers.ts";
 
-/** Installs a Debian package providing `command` when missing; the reason when impossible. */
-async function need(command: string, pkg: string): Promise<string | undefined> {
-  const has = async () =>
-    (await new Deno.Command("sh", { args: ["-c", `command -v ${command}`], stdout: "null" })
-      .output())
-      .success;
-  if (await has()) return undefined;
-  const out = await new Deno.Command("apt-get", {
-    args: ["install", "-y", "-qq", pkg],
-    stdout: "null",
-    stderr: "null",
-  })
-    .output().catch(() => undefined);
-  return out?.success && await has()
-    ? undefined
-    : `${command} missing (apt-get install ${pkg} failed)`;
-}
 const missing = (await need("h2load", "nghttp2-client")) ??
   (await need("nghttp", "nghttp2-client")) ??
   (await need("curl", "curl"));

@@ -13,6 +13,24 @@ export const ROOT = new URL("../", import.meta.url).pathname;
  */
 export const TEST_WORKERS: number = Number(Deno.env.get("SLUICE_TEST_WORKERS") ?? "1");
 
+/** Installs a Debian package providing `command` when missing; the reason when impossible. */
+export async function need(command: string, pkg: string): Promise<string | undefined> {
+  const has = async () =>
+    (await new Deno.Command("sh", { args: ["-c", `command -v ${command}`], stdout: "null" })
+      .output())
+      .success;
+  if (await has()) return undefined;
+  const out = await new Deno.Command("apt-get", {
+    args: ["install", "-y", "-qq", pkg],
+    stdout: "null",
+    stderr: "null",
+  })
+    .output().catch(() => undefined);
+  return out?.success && await has()
+    ? undefined
+    : `${command} missing (apt-get install ${pkg} failed)`;
+}
+
 /** Extra permissions for {@linkcode mainArgs}. */
 export interface MainPermissions {
   /** Adds --allow-write. @default false */

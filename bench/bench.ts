@@ -1489,7 +1489,8 @@ async function report(res: Results): Promise<string> {
       "Proxies pinned together to core 1 and loaded at once, each by its own " +
         `\`wrk -t${THREADS} -c${CONNECTIONS}\` on core 0 (with the backends): a slow phase of the ` +
         "shared machine hits them alike, and the ratio of their CPU per request is the ratio of " +
-        "the work each does per core. Two at a time: sluice with nginx, and sluice with each " +
+        "the work each does per core. Two at a time: sluice with nginx doing sluice's job, sluice " +
+        "with nginx's bare defaults, the two nginx setups with each other, and sluice with each " +
         "feature against sluice without it.",
       "",
     );

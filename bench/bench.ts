@@ -1420,8 +1420,7 @@ async function report(res: Results): Promise<string> {
       "balances over the same 3; sluice logs at warn; nginx and HAProxy keep upstream " +
       "connections alive, log nothing, and do to each request what sluice does by default (Host " +
       "kept, X-Forwarded-For, -Proto and -Host set, X-Request-Id kept or made and returned: " +
-      "`bench/nginx.conf.template`, `bench/haproxy.cfg.template`); nginx streams uploads " +
-      "(`proxy_request_buffering off`)",
+      "`bench/peers.ts`); nginx streams uploads (`proxy_request_buffering off`)",
   );
   L.push("");
 

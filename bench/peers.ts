@@ -27,7 +27,7 @@ export interface NginxSpec {
 export interface PeerPlace {
   port: number;
   backendPorts: readonly number[];
-  /** nginx only: the directory for its pid file, logs and temp files. */
+  /** nginx only (and required there): the directory for its pid file, logs and temp files. */
   dir?: string;
   /** nginx only: PEM files, for `tls` and `h2`. */
   cert?: { cert: string; key: string };
@@ -54,7 +54,10 @@ function fill(template: string, slots: Record<string, string>): string {
 }
 
 /** nginx.conf for `spec` at `place`, from `bench/nginx.conf.template`. */
-export async function nginxConfig(spec: NginxSpec, place: PeerPlace): Promise<string> {
+export async function nginxConfig(
+  spec: NginxSpec,
+  place: PeerPlace & { dir: string },
+): Promise<string> {
   if ((spec.tls || spec.h2) && !place.cert) throw new Error("nginx with TLS needs a certificate");
   const paths = spec.routes ? [...Array.from({ length: 9 }, (_, i) => `/r${i}`), "/"] : ["/"];
   const connections = spec.connections ?? 1024;
@@ -62,7 +65,7 @@ export async function nginxConfig(spec: NginxSpec, place: PeerPlace): Promise<st
     WORKERS: String(spec.workers),
     NOFILE: String(Math.max(4096, connections + 100)),
     CONNECTIONS: String(connections),
-    DIR: place.dir ?? "/tmp",
+    DIR: place.dir,
     PORT: String(place.port),
     LISTEN: spec.h2 ? " ssl http2" : spec.tls ? " ssl" : "",
     SSL: place.cert && (spec.tls || spec.h2)

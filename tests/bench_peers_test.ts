@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { haproxyConfig, nginxConfig, type NginxSpec } from "../bench/peers.ts";
+import { freePort } from "../bench/proc.ts";
 import { rawExchange, startTestBalancer, waitFor } from "./helpers.ts";
 import { need } from "./process_helpers.ts";
 
@@ -126,75 +127,52 @@ async function startNginx(spec: NginxSpec, backendPort: number) {
   return { port, ...await startPeer("nginx", args, port, dir) };
 }
 
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
 Deno.test("sluice's default job, as the bench's nginx and HAProxy are checked against", async () => {
-  const backend = echoBackend();
-  try {
-    await using lb = await startTestBalancer({
-      backends: [{ url: `http://127.0.0.1:${backend.addr.port}` }],
-    });
-    await assertSameJob(lb.balancer.addr.port);
-  } finally {
-    await backend.shutdown();
-  }
+  await using backend = echoBackend();
+  await using lb = await startTestBalancer({
+    backends: [{ url: `http://127.0.0.1:${backend.addr.port}` }],
+  });
+  await assertSameJob(lb.balancer.addr.port);
 });
 
 Deno.test({
   name: "the bench's nginx does to a request what sluice does by default",
   ignore: missingNginx !== undefined,
 }, async () => {
-  const backend = echoBackend();
-  try {
-    await using nginx = await startNginx({ workers: 1 }, backend.addr.port);
-    await assertSameJob(nginx.port);
-  } finally {
-    await backend.shutdown();
-  }
+  await using backend = echoBackend();
+  await using nginx = await startNginx({ workers: 1 }, backend.addr.port);
+  await assertSameJob(nginx.port);
 });
 
 Deno.test({
   name: "the bench's bare nginx does not: Host is rewritten and nothing is added",
   ignore: missingNginx !== undefined,
 }, async () => {
-  const backend = echoBackend();
-  try {
-    await using nginx = await startNginx({ workers: 1, bare: true }, backend.addr.port);
-    const seen = await through(nginx.port);
-    assert.equal(seen.host, "backends");
-    assert.equal(seen.forwardedFor, "203.0.113.7");
-    assert.equal(seen.requestId, null);
-    assert.equal(seen.returnedId, "from-the-backend");
-  } finally {
-    await backend.shutdown();
-  }
+  await using backend = echoBackend();
+  await using nginx = await startNginx({ workers: 1, bare: true }, backend.addr.port);
+  const seen = await through(nginx.port);
+  assert.equal(seen.host, "backends");
+  assert.equal(seen.forwardedFor, "203.0.113.7");
+  assert.equal(seen.requestId, null);
+  assert.equal(seen.returnedId, "from-the-backend");
 });
 
 Deno.test({
   name: "the bench's HAProxy does to a request what sluice does by default",
   ignore: missingHaproxy !== undefined,
 }, async () => {
-  const backend = echoBackend();
-  try {
-    const dir = await Deno.makeTempDir({ prefix: "sluice-haproxy-" });
-    const port = freePort();
-    await Deno.writeTextFile(
-      `${dir}/haproxy.cfg`,
-      await haproxyConfig(1, { port, backendPorts: [backend.addr.port] }),
-    );
-    await using _haproxy = await startPeer(
-      "haproxy",
-      ["-db", "-f", `${dir}/haproxy.cfg`],
-      port,
-      dir,
-    );
-    await assertSameJob(port);
-  } finally {
-    await backend.shutdown();
-  }
+  await using backend = echoBackend();
+  const dir = await Deno.makeTempDir({ prefix: "sluice-haproxy-" });
+  const port = freePort();
+  await Deno.writeTextFile(
+    `${dir}/haproxy.cfg`,
+    await haproxyConfig(1, { port, backendPorts: [backend.addr.port] }),
+  );
+  await using _haproxy = await startPeer(
+    "haproxy",
+    ["-db", "-f", `${dir}/haproxy.cfg`],
+    port,
+    dir,
+  );
+  await assertSameJob(port);
 });

@@ -7,6 +7,7 @@
  */
 // Self-contained on purpose (no helpers.ts): the unit tests of lib/discovery/ then do not
 // depend on the balancer and config modules compiling.
+import { freePort } from "../bench/proc.ts";
 
 /** Generous limit for conditions on a busy 2-core machine. */
 const PATIENCE = 30_000;
@@ -104,14 +105,6 @@ export async function dnsmasqSkipReason(): Promise<string | undefined> {
   const { skip } = await dnsmasqPath;
   if (skip) console.warn(`skipping DNS tests: ${skip}`);
   return skip;
-}
-
-/** A TCP port that was free a moment ago (dnsmasq needs it for TCP and UDP; startup retries if taken). */
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = l.addr as Deno.NetAddr;
-  l.close();
-  return port;
 }
 
 function hostsText(hosts: Record<string, string[]>): string {

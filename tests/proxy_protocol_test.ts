@@ -16,6 +16,7 @@ import {
 } from "../lib/http1/proxy_protocol.ts";
 import { serve, type Server, textReply } from "../lib/listener/server.ts";
 import { ConnectionPool } from "../lib/upstream/connection_pool.ts";
+import { freePort } from "../bench/proc.ts";
 import { concat, rawServer } from "./helpers.ts";
 import { bytes, RawClient, untilClosed, within } from "./proxy_helpers.ts";
 
@@ -526,13 +527,6 @@ async function haveHaproxy(): Promise<boolean> {
   return false;
 }
 const HAVE_HAPROXY = await haveHaproxy();
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
 
 /** Runs HAProxy in the foreground with `config` until disposed; waits for `port` to listen. */
 async function startHaproxy(config: string, port: number) {

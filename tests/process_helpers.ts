@@ -2,6 +2,7 @@
  * main.ts and backend.ts as real subprocesses: spawned from the repository root, their
  * output collected line by line, waits on those lines; disposal kills and awaits them.
  */
+import { tool } from "../bench/proc.ts";
 import { waitFor } from "./helpers.ts";
 
 /** The repository root (with a trailing slash); subprocesses run there. */
@@ -15,18 +16,7 @@ export const TEST_WORKERS: number = Number(Deno.env.get("SLUICE_TEST_WORKERS") ?
 
 /** Installs a Debian package providing `command` when missing; the reason when impossible. */
 export async function need(command: string, pkg: string): Promise<string | undefined> {
-  const has = async () =>
-    (await new Deno.Command("sh", { args: ["-c", `command -v ${command}`], stdout: "null" })
-      .output())
-      .success;
-  if (await has()) return undefined;
-  const out = await new Deno.Command("apt-get", {
-    args: ["install", "-y", "-qq", pkg],
-    stdout: "null",
-    stderr: "null",
-  })
-    .output().catch(() => undefined);
-  return out?.success && await has()
+  return (await tool(command, pkg, true))
     ? undefined
     : `${command} missing (apt-get install ${pkg} failed)`;
 }

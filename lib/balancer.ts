@@ -394,7 +394,9 @@ export async function startBalancer(config: Config, log: Logger): Promise<Balanc
         }
       }
       log.configure(next.log.level, next.log.format);
-      if (JSON.stringify(next.accessLog) !== JSON.stringify(current.accessLog)) {
+      // Every reload opens the file afresh, changed or not: after logrotate's rename, SIGHUP
+      // starts a new file at the path (nginx's USR1); lines already taken end the old one.
+      if (next.accessLog || current.accessLog) {
         const [oldLog, oldWriter] = [accessLog, accessWriter];
         if (group) accessWriter = next.accessLog ? new LineWriter(next.accessLog.path) : undefined;
         else accessLog = next.accessLog ? new AccessLog(next.accessLog) : undefined;

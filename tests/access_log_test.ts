@@ -283,6 +283,30 @@ Deno.test("access log: a reload turns it on, changes its format and turns it off
   assert.deepEqual(sluice.stdout.lines, []);
 });
 
+Deno.test("access log: after the file is renamed (logrotate), a reload starts a new one at the path", async () => {
+  await using backends = await startTestBackends("a");
+  const [a] = backends;
+  const log = (path: string) => ({ accessLog: { format: "json", path } });
+  await using cfg = await configDir(config([a.url]));
+  const path = `${cfg.dir}/access.log`;
+  await cfg.write(config([a.url], log(path)));
+  await using sluice = await startSluice(cfg.file);
+  await get(`${sluice.url}/first`);
+  await fileLines(path, 1);
+  await Deno.rename(path, `${path}.1`);
+  await get(`${sluice.url}/second`); // still the old file: nothing reopened it yet
+  await fileLines(`${path}.1`, 2);
+
+  await sighupReload(sluice); // the same configuration
+  await get(`${sluice.url}/third`);
+  const targets = async (file: string, n: number) =>
+    (await fileLines(file, n)).map((l) => JSON.parse(l).target);
+  assert.deepEqual(await targets(path, 1), ["/third"]);
+  assert.equal(await sluice.stop(), 0);
+  assert.deepEqual(await targets(`${path}.1`, 2), ["/first", "/second"]);
+  assert.deepEqual(await targets(path, 1), ["/third"]);
+});
+
 Deno.test({
   name: "access log: bytes of balancer-generated 502/503/504 bodies are counted",
   async fn() {

@@ -7,7 +7,7 @@
  */
 // Self-contained on purpose (no helpers.ts): the unit tests of lib/discovery/ then do not
 // depend on the balancer and config modules compiling.
-import { freePort } from "../bench/proc.ts";
+import { freePort, tool } from "../bench/proc.ts";
 
 /** Generous limit for conditions on a busy 2-core machine. */
 const PATIENCE = 30_000;
@@ -69,32 +69,8 @@ export interface Dnsmasq {
 
 /** dnsmasq's path, found or installed; or, as `skip`, why tests cannot run. */
 export async function findDnsmasq(): Promise<{ path?: string; skip?: string }> {
-  const candidates = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"];
-  const found = async () => {
-    for (const p of candidates) {
-      try {
-        if ((await Deno.stat(p)).isFile) return p;
-      } catch { /* not there */ }
-    }
-    return undefined;
-  };
-  const path = await found();
-  if (path) return { path };
-  if (Deno.uid() !== 0) {
-    return { skip: "dnsmasq is not installed (as root: apt-get install -y dnsmasq-base)" };
-  }
-  const apt = (...args: string[]) =>
-    new Deno.Command("apt-get", { args, stdout: "null", stderr: "null" }).output()
-      .catch(() => undefined);
-  await apt("install", "-y", "-qq", "dnsmasq-base");
-  if (!await found()) {
-    await apt("update", "-qq"); // the package lists may be missing or stale
-    await apt("install", "-y", "-qq", "dnsmasq-base");
-  }
-  const installed = await found();
-  return installed
-    ? { path: installed }
-    : { skip: "dnsmasq is not installed and apt-get install dnsmasq-base failed" };
+  const path = await tool("dnsmasq", "dnsmasq-base", true);
+  return path ? { path } : { skip: "dnsmasq is missing and apt-get install dnsmasq-base failed" };
 }
 
 let dnsmasqPath: Promise<{ path?: string; skip?: string }> | undefined;

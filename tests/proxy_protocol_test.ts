@@ -16,7 +16,7 @@ import {
 } from "../lib/http1/proxy_protocol.ts";
 import { serve, type Server, textReply } from "../lib/listener/server.ts";
 import { ConnectionPool } from "../lib/upstream/connection_pool.ts";
-import { freePort } from "../bench/proc.ts";
+import { freePort, tool } from "../bench/proc.ts";
 import { concat, rawServer } from "./helpers.ts";
 import { bytes, RawClient, untilClosed, within } from "./proxy_helpers.ts";
 
@@ -508,25 +508,12 @@ Deno.test("pool: without a client (a health probe), v1 names the connection's ow
 // ---------------------------------------------------------------------------------------------
 // HAProxy 2.6 as the peer, both ways.
 
-const HAPROXY = "/usr/sbin/haproxy";
-
-/** HAProxy is there, or installed now (as root); otherwise the HAProxy tests are skipped, saying why. */
-async function haveHaproxy(): Promise<boolean> {
-  try {
-    if ((await Deno.stat(HAPROXY)).isFile) return true;
-  } catch { /* not installed */ }
-  if (Deno.uid() === 0) {
-    const apt = new Deno.Command("apt-get", {
-      args: ["install", "-y", "-qq", "haproxy"],
-      stdout: "null",
-      stderr: "null",
-    });
-    if ((await apt.output()).success) return true;
-  }
-  console.log(`skipping the HAProxy tests: ${HAPROXY} is missing and could not be installed`);
-  return false;
+/** HAProxy's path, found or installed now; without it the HAProxy tests are skipped, saying why. */
+const HAPROXY = await tool("haproxy", "haproxy", true);
+if (!HAPROXY) {
+  console.log("skipping the HAProxy tests: haproxy is missing and could not be installed");
 }
-const HAVE_HAPROXY = await haveHaproxy();
+const HAVE_HAPROXY = HAPROXY !== undefined;
 
 /** Runs HAProxy in the foreground with `config` until disposed; waits for `port` to listen. */
 async function startHaproxy(config: string, port: number) {
@@ -537,7 +524,7 @@ async function startHaproxy(config: string, port: number) {
     "global\n  maxconn 256\ndefaults\n  timeout connect 5s\n  timeout client 30s\n" +
       "  timeout server 30s\n" + config,
   );
-  const child = new Deno.Command(HAPROXY, {
+  const child = new Deno.Command(HAPROXY!, {
     args: ["-db", "-f", file],
     stdout: "piped",
     stderr: "piped",
